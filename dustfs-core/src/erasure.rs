@@ -1,0 +1,181 @@
+//! Reed-Solomon erasure coding of blocks into k data + m parity shards.
+//!
+//! The code is systematic: data shard i is the plain slice `[i*S, (i+1)*S)` of the block
+//! (S = ceil(len / k), the last one zero-padded), so a read needs only the data shards that
+//! cover its range, and any k of the k+m shards rebuild everything.
+
+use reed_solomon_erasure::galois_8::ReedSolomon;
+use serde::{Deserialize, Serialize};
+
+use crate::shard::{self, ShardError, ShardHeader, ShardId};
+
+/// Redundancy of a block: k data shards, m parity shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redundancy {
+    /// Data shards.
+    pub k: u8,
+    /// Parity shards.
+    pub m: u8,
+}
+
+impl Default for Redundancy {
+    fn default() -> Self {
+        Self { k: 4, m: 2 }
+    }
+}
+
+impl Redundancy {
+    /// Total shards per block.
+    pub fn total(&self) -> usize {
+        self.k as usize + self.m as usize
+    }
+}
+
+/// Errors of erasure coding.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErasureError {
+    /// k or m out of range (k ≥ 1, m ≥ 0, k + m ≤ 255).
+    #[error("invalid redundancy {k}+{m}")]
+    Params {
+        /// data shards
+        k: u8,
+        /// parity shards
+        m: u8,
+    },
+    /// Fewer than k valid shards are available.
+    #[error("only {have} of the {need} shards needed to rebuild the block are available")]
+    NotEnough {
+        /// valid shards at hand
+        have: usize,
+        /// shards needed (k)
+        need: usize,
+    },
+    /// A shard failed to parse or did not match its id.
+    #[error("bad shard: {0}")]
+    Shard(#[from] ShardError),
+    /// The coder rejected the shards (inconsistent sizes).
+    #[error("reed-solomon: {0:?}")]
+    Codec(reed_solomon_erasure::Error),
+}
+
+fn codec(r: Redundancy) -> Result<ReedSolomon, ErasureError> {
+    if r.k == 0 {
+        return Err(ErasureError::Params { k: r.k, m: r.m });
+    }
+    ReedSolomon::new(r.k as usize, r.m.max(1) as usize)
+        .map_err(|_| ErasureError::Params { k: r.k, m: r.m })
+}
+
+/// Encodes a block into k+m shards (full shard bytes with header) and their ids.
+pub fn encode(r: Redundancy, block: &[u8]) -> Result<Vec<(ShardId, Vec<u8>)>, ErasureError> {
+    let k = r.k as usize;
+    let rs = codec(r)?;
+    let size = block.len().div_ceil(k).max(1);
+    let mut parts: Vec<Vec<u8>> = (0..k)
+        .map(|i| {
+            let start = (i * size).min(block.len());
+            let end = ((i + 1) * size).min(block.len());
+            let mut p = Vec::with_capacity(size);
+            p.extend_from_slice(&block[start..end]);
+            p.resize(size, 0);
+            p
+        })
+        .collect();
+    // reed-solomon-erasure needs at least one parity shard; with m = 0 we drop it afterwards.
+    parts.extend((0..r.m.max(1)).map(|_| vec![0u8; size]));
+    rs.encode(&mut parts).map_err(ErasureError::Codec)?;
+    parts.truncate(r.total());
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let h = ShardHeader {
+                k: r.k,
+                m: r.m,
+                index: i as u8,
+                block_len: block.len() as u32,
+            };
+            let bytes = shard::build(h, &p);
+            (ShardId::of(&bytes), bytes)
+        })
+        .collect())
+}
+
+/// Rebuilds a block from any k of its shards (payloads, by index; `None` = missing).
+pub fn decode(
+    r: Redundancy,
+    block_len: usize,
+    mut payloads: Vec<Option<Vec<u8>>>,
+) -> Result<Vec<u8>, ErasureError> {
+    let k = r.k as usize;
+    payloads.resize(r.total(), None);
+    let have = payloads.iter().filter(|p| p.is_some()).count();
+    if have < k {
+        return Err(ErasureError::NotEnough { have, need: k });
+    }
+    if payloads[..k].iter().any(Option::is_none) {
+        if r.m == 0 {
+            return Err(ErasureError::NotEnough { have, need: k });
+        }
+        let rs = codec(r)?;
+        rs.reconstruct_data(&mut payloads)
+            .map_err(ErasureError::Codec)?;
+    }
+    let mut block = Vec::with_capacity(block_len);
+    for p in payloads.into_iter().take(k).flatten() {
+        block.extend_from_slice(&p);
+    }
+    if block.len() < block_len {
+        return Err(ErasureError::NotEnough { have, need: k });
+    }
+    block.truncate(block_len);
+    Ok(block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn payloads(shards: &[(ShardId, Vec<u8>)]) -> Vec<Option<Vec<u8>>> {
+        shards
+            .iter()
+            .map(|(id, b)| Some(shard::parse(b, Some(id)).unwrap().1.to_vec()))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn any_k_shards_rebuild_the_block(block in proptest::collection::vec(any::<u8>(), 0..5000),
+                                          lost in proptest::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5], 0..=2)) {
+            let r = Redundancy::default();
+            let shards = encode(r, &block).unwrap();
+            prop_assert_eq!(shards.len(), 6);
+            let mut p = payloads(&shards);
+            for i in &lost { p[*i] = None; }
+            prop_assert_eq!(decode(r, block.len(), p).unwrap(), block);
+        }
+    }
+
+    #[test]
+    fn data_shards_are_plain_slices() {
+        let block: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let shards = encode(Redundancy::default(), &block).unwrap();
+        let (_, p0) = shard::parse(&shards[0].1, None).unwrap();
+        assert_eq!(p0, &block[..250]);
+    }
+
+    #[test]
+    fn three_lost_of_four_plus_two_is_an_error() {
+        let r = Redundancy::default();
+        let mut p = payloads(&encode(r, b"hello world").unwrap());
+        p[0] = None;
+        p[2] = None;
+        p[5] = None;
+        assert!(matches!(
+            decode(r, 11, p),
+            Err(ErasureError::NotEnough { have: 3, need: 4 })
+        ));
+    }
+}

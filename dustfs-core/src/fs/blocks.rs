@@ -1,0 +1,552 @@
+//! Blocks: packing sealed chunks into the open block, sealing it into k+m shards, the upload
+//! queue that places each shard of a block on a different supplier, the local block cache, and
+//! fetching (and rebuilding) blocks from suppliers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rocksdb::WriteBatch;
+use tracing::{debug, info, warn};
+
+use super::{
+    BlockRecord, ChunkLoc, Engine, EngineStatus, FsError, FsResult, META_NEXT_BLOCK, ShardRec,
+    State, lock,
+};
+use crate::chunk::ChunkId;
+use crate::db::{self, cf};
+use crate::erasure;
+use crate::fsm::block::{BlockEvent, BlockState, next};
+use crate::shard::{self, ShardId};
+use crate::store::{StoreError, SupplierId};
+
+/// Most blocks one upload round works on at once (bounds threads and memory).
+const BLOCKS_PER_ROUND: usize = 4;
+/// How long a supplier that could not be reached is left alone.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
+
+/// The uploader's memory: suppliers to avoid for a while and per-block refusals.
+#[derive(Default)]
+pub(super) struct Uploader {
+    suspect: HashMap<SupplierId, Instant>,
+    refused: HashMap<u64, HashSet<SupplierId>>,
+}
+
+/// Sizes and recency of cached blocks; blocks not yet stored on suppliers are pinned.
+#[derive(Default)]
+pub(super) struct CacheIndex {
+    tick: u64,
+    /// block → (last use tick, bytes)
+    blocks: HashMap<u64, (u64, u64)>,
+    pinned: HashSet<u64>,
+    bytes: u64,
+}
+
+impl CacheIndex {
+    fn touch(&mut self, no: u64, len: u64) {
+        self.tick += 1;
+        if let Some(old) = self.blocks.insert(no, (self.tick, len)) {
+            self.bytes -= old.1;
+        }
+        self.bytes += len;
+    }
+
+    fn remove(&mut self, no: u64) {
+        if let Some((_, len)) = self.blocks.remove(&no) {
+            self.bytes -= len;
+        }
+        self.pinned.remove(&no);
+    }
+
+    /// Least recently used unpinned blocks to evict to get under `limit`.
+    fn victims(&self, limit: u64) -> Vec<u64> {
+        if self.bytes <= limit {
+            return Vec::new();
+        }
+        let mut v: Vec<(u64, u64, u64)> = self
+            .blocks
+            .iter()
+            .filter(|(no, _)| !self.pinned.contains(no))
+            .map(|(no, (t, l))| (*t, *no, *l))
+            .collect();
+        v.sort_unstable();
+        let mut over = self.bytes - limit;
+        let mut out = Vec::new();
+        for (_, no, l) in v {
+            if over == 0 {
+                break;
+            }
+            out.push(no);
+            over = over.saturating_sub(l);
+        }
+        out
+    }
+}
+
+impl Engine {
+    /// Appends a sealed chunk to the open block (sealing the open block first if it is full).
+    pub(super) fn append_open(
+        &self,
+        st: &mut State,
+        b: &mut WriteBatch,
+        id: &ChunkId,
+        sealed: &[u8],
+    ) -> FsResult<()> {
+        if !st.open.buf.is_empty() && st.open.buf.len() + sealed.len() > self.cfg.block_size {
+            self.seal_open_locked(st)?;
+        }
+        let off = st.open.buf.len();
+        b.put_cf(&self.cf(cf::OPEN), db::key2(st.open.no, off as u64), sealed);
+        let loc = ChunkLoc {
+            block: st.open.no,
+            off: off as u32,
+            len: sealed.len() as u32,
+        };
+        b.put_cf(&self.cf(cf::CHUNKS), id.0, db::encode(&loc));
+        st.open.buf.extend_from_slice(sealed);
+        Ok(())
+    }
+
+    /// Closes the open block: erasure-codes it and queues its shards for upload, in one batch.
+    /// Waits while the upload queue is over its limit (writers slow down, they do not fail).
+    pub(super) fn seal_open_locked(&self, st: &mut State) -> FsResult<()> {
+        if st.open.buf.is_empty() {
+            return Ok(());
+        }
+        let no = st.open.no;
+        let r = self.cfg.redundancy;
+        let shards = erasure::encode(r, &st.open.buf)?;
+        let state = next(BlockState::Open, BlockEvent::Seal).unwrap_or(BlockState::Sealed);
+        let rec = BlockRecord {
+            redundancy: r,
+            len: st.open.buf.len() as u32,
+            state,
+            shards: shards
+                .iter()
+                .map(|(id, _)| ShardRec {
+                    id: *id,
+                    supplier: None,
+                })
+                .collect(),
+        };
+        let mut b = WriteBatch::default();
+        let outbox = self.cf(cf::OUTBOX);
+        let mut queued = 0;
+        for (i, (_, bytes)) in shards.iter().enumerate() {
+            b.put_cf(&outbox, db::key2(no, i as u64), bytes);
+            queued += bytes.len() as u64;
+        }
+        b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
+        b.put_cf(&self.cf(cf::CACHE), db::key1(no), &st.open.buf);
+        b.delete_range_cf(&self.cf(cf::OPEN), db::key2(no, 0), db::key2(no + 1, 0));
+        b.put_cf(&self.cf(cf::META), META_NEXT_BLOCK, db::encode(&(no + 1)));
+        self.db.write(b)?;
+        {
+            let mut c = lock(&self.cache);
+            c.touch(no, st.open.buf.len() as u64);
+            c.pinned.insert(no);
+        }
+        debug!(block = no, bytes = st.open.buf.len(), "block sealed");
+        st.open.no = no + 1;
+        st.open.buf = Vec::new();
+        self.queued_bytes.fetch_add(queued, Ordering::SeqCst);
+        self.notify();
+        // Backpressure: bounded upload queue.
+        let (m, cv) = &self.progress;
+        let mut g = lock(m);
+        while self.queued_bytes.load(Ordering::SeqCst) > self.cfg.outbox_limit_bytes {
+            g = cv
+                .wait_timeout(g, Duration::from_millis(200))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        Ok(())
+    }
+
+    fn notify(&self) {
+        let (m, cv) = &self.progress;
+        *lock(m) += 1;
+        cv.notify_all();
+    }
+
+    /// Waits until something changes in the upload queue, at most `d`.
+    pub fn wait_progress(&self, d: Duration) {
+        let (m, cv) = &self.progress;
+        let g = lock(m);
+        let _ = cv.wait_timeout(g, d);
+    }
+
+    pub(super) fn recount_queue(&self) -> FsResult<()> {
+        let mut total = 0;
+        for item in self
+            .db
+            .iterator_cf(&self.cf(cf::OUTBOX), rocksdb::IteratorMode::Start)
+        {
+            total += item?.1.len() as u64;
+        }
+        self.queued_bytes.store(total, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub(super) fn rebuild_cache_index(&self) -> FsResult<()> {
+        let mut c = lock(&self.cache);
+        for item in self
+            .db
+            .iterator_cf(&self.cf(cf::CACHE), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if let Some(no) = db::be_u64(&k, 0) {
+                c.touch(no, v.len() as u64);
+                let stored = self.block_record(no)?.is_some_and(|r| r.state.is_stored());
+                if !stored {
+                    c.pinned.insert(no);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn block_record(&self, no: u64) -> FsResult<Option<BlockRecord>> {
+        match self.db.get_cf(&self.cf(cf::BLOCKS), db::key1(no))? {
+            Some(v) => Ok(Some(db::decode(cf::BLOCKS, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes `[off, off+len)` of block `no`: from the open block, the cache, or suppliers.
+    pub(super) fn block_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Vec<u8>> {
+        {
+            let st = lock(&self.state);
+            if st.open.no == no {
+                return st
+                    .open
+                    .buf
+                    .get(off..off + len)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| {
+                        FsError::Corrupt(format!("chunk past the end of open block {no}"))
+                    });
+            }
+        }
+        if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::CACHE), db::key1(no))? {
+            lock(&self.cache).touch(no, v.len() as u64);
+            return v
+                .get(off..off + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
+        }
+        let block = self.fetch_block(no)?;
+        let out = block
+            .get(off..off + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
+        self.db.put_cf(&self.cf(cf::CACHE), db::key1(no), &block)?;
+        let victims = {
+            let mut c = lock(&self.cache);
+            c.touch(no, block.len() as u64);
+            c.victims(self.cfg.cache_bytes)
+        };
+        for v in victims {
+            self.forget_cached_block(v)?;
+        }
+        out
+    }
+
+    pub(super) fn forget_cached_block(&self, no: u64) -> FsResult<()> {
+        // A block still waiting for upload has its only copy here (and in the outbox).
+        if lock(&self.cache).pinned.contains(&no) {
+            return Ok(());
+        }
+        self.db.delete_cf(&self.cf(cf::CACHE), db::key1(no))?;
+        lock(&self.cache).remove(no);
+        Ok(())
+    }
+
+    /// Fetches a block from its suppliers: the k data shards first, then parity shards for
+    /// whatever is missing or fails verification, and rebuilds it.
+    fn fetch_block(&self, no: u64) -> FsResult<Vec<u8>> {
+        let rec = self
+            .block_record(no)?
+            .ok_or_else(|| FsError::Corrupt(format!("block {no} has no record")))?;
+        let r = rec.redundancy;
+        let k = r.k as usize;
+        let mut payloads: Vec<Option<Vec<u8>>> = vec![None; rec.shards.len()];
+        let mut tried = vec![false; rec.shards.len()];
+        // Shards still in the local upload queue count too.
+        for (i, p) in payloads.iter_mut().enumerate() {
+            if let Some(b) = self
+                .db
+                .get_cf(&self.cf(cf::OUTBOX), db::key2(no, i as u64))?
+            {
+                if let Ok((_, body)) = shard::parse(&b, Some(&rec.shards[i].id)) {
+                    *p = Some(body.to_vec());
+                    tried[i] = true;
+                }
+            }
+        }
+        let mut round = 0;
+        loop {
+            let have = payloads.iter().filter(|p| p.is_some()).count();
+            if have >= k {
+                break;
+            }
+            // First round: data shards; later rounds: as many more as are still missing.
+            let want: Vec<usize> = (0..rec.shards.len())
+                .filter(|&i| !tried[i] && rec.shards[i].supplier.is_some())
+                .filter(|&i| round > 0 || i < k)
+                .take(if round == 0 { k } else { k - have })
+                .collect();
+            if want.is_empty() {
+                if round == 0 {
+                    round += 1;
+                    continue;
+                }
+                return Err(FsError::Unavailable(format!(
+                    "block {no}: only {have} of the {k} shards needed could be fetched"
+                )));
+            }
+            let results: Vec<(usize, Result<Vec<u8>, StoreError>)> = std::thread::scope(|s| {
+                let hs: Vec<_> = want
+                    .iter()
+                    .map(|&i| {
+                        let rec = &rec;
+                        s.spawn(move || {
+                            let sup = rec.shards[i].supplier.clone().unwrap_or_default();
+                            (i, self.store.fetch(&sup, &rec.shards[i].id))
+                        })
+                    })
+                    .collect();
+                hs.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            for (i, res) in results {
+                tried[i] = true;
+                match res.map_err(|e| e.to_string()).and_then(|b| {
+                    shard::parse(&b, Some(&rec.shards[i].id))
+                        .map(|(h, body)| (h, body.to_vec()))
+                        .map_err(|e| e.to_string())
+                }) {
+                    Ok((h, body)) if h.index as usize == i => payloads[i] = Some(body),
+                    Ok(_) => warn!(block = no, shard = i, "shard has the wrong index"),
+                    Err(e) => {
+                        if e.contains("match") {
+                            self.corrupt_shards.fetch_add(1, Ordering::Relaxed);
+                        }
+                        warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "shard fetch failed; using others");
+                    }
+                }
+            }
+            round += 1;
+        }
+        Ok(erasure::decode(r, rec.len as usize, payloads)?)
+    }
+
+    /// One round of uploads: places queued shards of up to a few blocks on suppliers, in
+    /// parallel. Returns the number of shards stored.
+    pub fn upload_round(&self) -> FsResult<usize> {
+        let mut up = lock(&self.up);
+        // Group the queue by block.
+        let mut queued: BTreeMap<u64, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
+        {
+            let outbox = self.cf(cf::OUTBOX);
+            for item in self.db.iterator_cf(&outbox, rocksdb::IteratorMode::Start) {
+                let (k, v) = item?;
+                let (Some(no), Some(i)) = (db::be_u64(&k, 0), db::be_u64(&k, 8)) else {
+                    continue;
+                };
+                if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
+                    break;
+                }
+                queued.entry(no).or_default().push((i as usize, v.to_vec()));
+            }
+        }
+        if queued.is_empty() {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        up.suspect.retain(|_, until| *until > now);
+        let suppliers: Vec<SupplierId> = self
+            .store
+            .suppliers()
+            .into_iter()
+            .filter(|s| !up.suspect.contains_key(s))
+            .collect();
+        let mut jobs: Vec<(u64, usize, SupplierId, ShardId, Vec<u8>)> = Vec::new();
+        let mut records: HashMap<u64, BlockRecord> = HashMap::new();
+        for (no, shards) in queued {
+            let Some(rec) = self.block_record(no)? else {
+                warn!(
+                    block = no,
+                    "queued shards without a block record; dropping them"
+                );
+                let outbox = self.cf(cf::OUTBOX);
+                self.db
+                    .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
+                continue;
+            };
+            let mut used: HashSet<SupplierId> = rec
+                .shards
+                .iter()
+                .filter_map(|s| s.supplier.clone())
+                .collect();
+            let refused = up.refused.get(&no).cloned().unwrap_or_default();
+            // Rotate the supplier list by block so load spreads when there are more suppliers
+            // than shards.
+            let n = suppliers.len().max(1);
+            for (i, bytes) in shards {
+                let pick = (0..suppliers.len())
+                    .map(|j| &suppliers[(j + no as usize + i) % n])
+                    .find(|s| !used.contains(*s) && !refused.contains(*s))
+                    .cloned();
+                if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
+                    used.insert(s.clone());
+                    jobs.push((no, i, s, sr.id, bytes));
+                }
+            }
+            records.insert(no, rec);
+        }
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let results: Vec<(u64, usize, SupplierId, Result<(), StoreError>)> =
+            std::thread::scope(|s| {
+                let hs: Vec<_> = jobs
+                    .iter()
+                    .map(|(no, i, sup, id, bytes)| {
+                        s.spawn(move || (*no, *i, sup.clone(), self.store.store(sup, id, bytes)))
+                    })
+                    .collect();
+                hs.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+        drop(jobs);
+        let mut stored = 0;
+        let mut b = WriteBatch::default();
+        let mut freed = 0u64;
+        for (no, i, sup, res) in results {
+            let Some(rec) = records.get_mut(&no) else {
+                continue;
+            };
+            match res {
+                Ok(()) => {
+                    rec.shards[i].supplier = Some(sup);
+                    let key = db::key2(no, i as u64);
+                    if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::OUTBOX), key)? {
+                        freed += v.len() as u64;
+                    }
+                    b.delete_cf(&self.cf(cf::OUTBOX), key);
+                    stored += 1;
+                }
+                Err(StoreError::Unreachable(e)) => {
+                    info!(supplier = %sup, error = %e, "supplier unreachable; trying others");
+                    up.suspect.insert(sup, now + SUSPECT_FOR);
+                }
+                Err(e) => {
+                    info!(supplier = %sup, block = no, error = %e, "supplier refused a shard; choosing another");
+                    up.refused.entry(no).or_default().insert(sup);
+                }
+            }
+        }
+        let total = self.cfg.redundancy.total();
+        let needed = self
+            .cfg
+            .durable_shards
+            .clamp(self.cfg.redundancy.k as usize + 1, total);
+        let mut unpin = Vec::new();
+        for (no, rec) in records.iter_mut() {
+            let ev = BlockEvent::Stored {
+                live: rec.stored(),
+                needed,
+                total,
+            };
+            if let Some(s) = next(rec.state, ev) {
+                rec.state = s;
+            }
+            b.put_cf(&self.cf(cf::BLOCKS), db::key1(*no), db::encode(&*rec));
+            if rec.stored() == rec.shards.len() {
+                up.refused.remove(no);
+                unpin.push(*no);
+            }
+        }
+        self.db.write(b)?;
+        self.queued_bytes.fetch_sub(
+            freed.min(self.queued_bytes.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        {
+            let mut c = lock(&self.cache);
+            for no in unpin {
+                c.pinned.remove(&no);
+            }
+        }
+        drop(up);
+        self.notify();
+        Ok(stored)
+    }
+
+    /// Whether anything is still waiting: dirty data, an open block or queued shards.
+    pub fn pending(&self) -> FsResult<(u64, u64)> {
+        let mut it = self.db.raw_iterator_cf(&self.cf(cf::OUTBOX));
+        it.seek_to_first();
+        let mut shards = 0;
+        while it.valid() {
+            shards += 1;
+            it.next();
+        }
+        Ok((shards, self.queued_bytes.load(Ordering::SeqCst)))
+    }
+
+    /// A snapshot of the engine's state.
+    pub fn status(&self) -> FsResult<EngineStatus> {
+        let mut blocks: BTreeMap<String, u64> = BlockState::ALL
+            .iter()
+            .map(|s| (s.name().to_string(), 0))
+            .collect();
+        for item in self
+            .db
+            .iterator_cf(&self.cf(cf::BLOCKS), rocksdb::IteratorMode::Start)
+        {
+            let (_, v) = item?;
+            let rec: BlockRecord = db::decode(cf::BLOCKS, &v)?;
+            *blocks.entry(rec.state.name().to_string()).or_default() += 1;
+        }
+        let (dirty, open_bytes) = {
+            let st = lock(&self.state);
+            (st.dirty.values().sum(), st.open.buf.len() as u64)
+        };
+        if open_bytes > 0 {
+            *blocks.entry("open".into()).or_default() += 1;
+        }
+        let (queued_shards, queued_bytes) = self.pending()?;
+        Ok(EngineStatus {
+            blocks,
+            queued_shards,
+            queued_bytes,
+            dirty_bytes: dirty,
+            open_block_bytes: open_bytes,
+            cache_bytes: lock(&self.cache).bytes,
+            corrupt_shards: self.corrupt_shards.load(Ordering::Relaxed),
+            suppliers: self.store.suppliers(),
+        })
+    }
+
+    /// Forgets every cached block that is stored on suppliers; returns the bytes dropped.
+    pub fn cache_drop(&self) -> FsResult<u64> {
+        let (nos, before) = {
+            let c = lock(&self.cache);
+            (
+                c.blocks
+                    .keys()
+                    .filter(|n| !c.pinned.contains(n))
+                    .copied()
+                    .collect::<Vec<_>>(),
+                c.bytes,
+            )
+        };
+        for no in nos {
+            self.forget_cached_block(no)?;
+        }
+        lock(&self.chunk_cache).clear();
+        self.db
+            .compact_range_cf(&self.cf(cf::CACHE), None::<&[u8]>, None::<&[u8]>);
+        Ok(before - lock(&self.cache).bytes)
+    }
+}

@@ -1,0 +1,359 @@
+//! The data path: writes land as dirty extents, commits cut dirty runs into content-defined
+//! chunks that are sealed and packed into the open block, reads assemble extents.
+//!
+//! Crash safety: every step is one atomic RocksDB batch that leaves the extent map pointing at
+//! bytes that exist (dirty bytes until a chunk replaces them, the open block's segments until
+//! the block is sealed and queued), so a crash at any point loses nothing that was written.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rocksdb::WriteBatch;
+
+use super::{Engine, Extent, FsError, FsResult, Ino, Kind, META_NEXT_SEQ, Src, State, Ts, lock};
+use crate::chunk::{self, ChunkId};
+use crate::db::{self, cf};
+use crate::seal;
+
+/// A piece of a read: where in the output it goes and where its bytes come from.
+enum Piece {
+    Chunk {
+        at: usize,
+        id: ChunkId,
+        off: u64,
+        len: usize,
+    },
+}
+
+impl Engine {
+    /// The extents of `ino` overlapping `[start, end)`, in order.
+    fn extents_in(&self, ino: Ino, start: u64, end: u64) -> FsResult<Vec<(u64, Extent)>> {
+        let ext = self.cf(cf::EXTENTS);
+        let mut it = self.db.raw_iterator_cf(&ext);
+        let mut out = Vec::new();
+        // The extent that starts at or before `start` may reach into the range.
+        it.seek_for_prev(db::key2(ino, start));
+        if it.valid() {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if db::be_u64(k, 0) == Some(ino) {
+                    let off = db::be_u64(k, 8).unwrap_or(0);
+                    let e: Extent = db::decode(cf::EXTENTS, v)?;
+                    if off < start && off + e.len > start {
+                        out.push((off, e));
+                    }
+                }
+            }
+        }
+        it.seek(db::key2(ino, start));
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if db::be_u64(k, 0) != Some(ino) {
+                break;
+            }
+            let off = db::be_u64(k, 8).unwrap_or(u64::MAX);
+            if off >= end {
+                break;
+            }
+            out.push((off, db::decode(cf::EXTENTS, v)?));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Replaces `[start, start+len)` of the extent map with `new` (or a hole), splitting the
+    /// extents at the edges. Goes into `b`; the caller writes it.
+    pub(super) fn replace_range(
+        &self,
+        b: &mut WriteBatch,
+        ino: Ino,
+        start: u64,
+        len: u64,
+        new: Option<Extent>,
+    ) -> FsResult<()> {
+        let end = start.saturating_add(len);
+        let ext = self.cf(cf::EXTENTS);
+        for (off, e) in self.extents_in(ino, start, end)? {
+            let e_end = off + e.len;
+            b.delete_cf(&ext, db::key2(ino, off));
+            if off < start {
+                b.put_cf(
+                    &ext,
+                    db::key2(ino, off),
+                    db::encode(&Extent {
+                        len: start - off,
+                        src: e.src,
+                    }),
+                );
+            }
+            if e_end > end {
+                let right = Extent {
+                    len: e_end - end,
+                    src: e.src.advance(end - off),
+                };
+                b.put_cf(&ext, db::key2(ino, end), db::encode(&right));
+            }
+        }
+        if let Some(n) = new {
+            b.put_cf(&ext, db::key2(ino, start), db::encode(&n));
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `off`; returns the bytes written.
+    pub fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<u32> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut st = lock(&self.state);
+        let mut inode = self.get_inode(ino)?;
+        match inode.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid),
+        }
+        let len = data.len() as u64;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let mut b = WriteBatch::default();
+        b.put_cf(&self.cf(cf::META), META_NEXT_SEQ, db::encode(&st.next_seq));
+        b.put_cf(&self.cf(cf::DIRTY), db::key2(ino, seq), data);
+        self.replace_range(
+            &mut b,
+            ino,
+            off,
+            len,
+            Some(Extent {
+                len,
+                src: Src::Dirty { seq, off: 0 },
+            }),
+        )?;
+        let now = Ts::now();
+        inode.size = inode.size.max(off + len);
+        inode.mtime = now;
+        inode.ctime = now;
+        self.put_inode(&mut b, &inode);
+        self.db.write(b)?;
+        let d = st.dirty.entry(ino).or_default();
+        *d += len;
+        if *d >= self.cfg.commit_bytes {
+            self.commit_locked(&mut st, ino, false)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Reads up to `size` bytes at `off` (short at end of file).
+    pub fn read(&self, ino: Ino, off: u64, size: u32) -> FsResult<Vec<u8>> {
+        let mut pieces = Vec::new();
+        let mut out;
+        {
+            let _st = lock(&self.state);
+            let inode = self.get_inode(ino)?;
+            match inode.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid),
+            }
+            if off >= inode.size {
+                return Ok(Vec::new());
+            }
+            let end = inode.size.min(off + size as u64);
+            out = vec![0u8; (end - off) as usize];
+            for (e_off, e) in self.extents_in(ino, off, end)? {
+                let from = e_off.max(off);
+                let to = (e_off + e.len).min(end);
+                if from >= to {
+                    continue;
+                }
+                let at = (from - off) as usize;
+                let len = (to - from) as usize;
+                match e.src.advance(from - e_off) {
+                    Src::Dirty { seq, off: d_off } => {
+                        let blob = self
+                            .db
+                            .get_pinned_cf(&self.cf(cf::DIRTY), db::key2(ino, seq))?
+                            .ok_or_else(|| {
+                                FsError::Corrupt(format!(
+                                    "dirty data {seq} of inode {ino} is missing"
+                                ))
+                            })?;
+                        let s = d_off as usize;
+                        let src = blob
+                            .get(s..s + len)
+                            .ok_or_else(|| FsError::Corrupt("dirty extent out of range".into()))?;
+                        out[at..at + len].copy_from_slice(src);
+                    }
+                    Src::Chunk { id, off: c_off } => pieces.push(Piece::Chunk {
+                        at,
+                        id,
+                        off: c_off,
+                        len,
+                    }),
+                }
+            }
+        }
+        // Chunks are immutable: their bytes can be fetched without holding the namespace lock.
+        for Piece::Chunk { at, id, off, len } in pieces {
+            let plain = self.chunk_plain(&id)?;
+            let s = off as usize;
+            let src = plain
+                .get(s..s + len)
+                .ok_or_else(|| FsError::Corrupt(format!("extent past end of {id:?}")))?;
+            out[at..at + len].copy_from_slice(src);
+        }
+        Ok(out)
+    }
+
+    /// The plaintext of a chunk: from the in-memory cache, or from its block (local or fetched).
+    pub(super) fn chunk_plain(&self, id: &ChunkId) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(p) = lock(&self.chunk_cache).get(id) {
+            return Ok(p.clone());
+        }
+        let loc: super::ChunkLoc = match self.db.get_cf(&self.cf(cf::CHUNKS), id.0)? {
+            Some(v) => db::decode(cf::CHUNKS, &v)?,
+            None => {
+                return Err(FsError::Corrupt(format!(
+                    "{id:?} is not in the chunk index"
+                )));
+            }
+        };
+        let sealed = self.block_slice(loc.block, loc.off as usize, loc.len as usize)?;
+        let plain = match seal::open(&self.keys.seal, &self.keys.chunk_id, id, &sealed) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                // The cached block is bad: forget it so the next read rebuilds it from shards.
+                self.forget_cached_block(loc.block)?;
+                return Err(FsError::Corrupt(format!("{id:?}: {e}")));
+            }
+        };
+        lock(&self.chunk_cache).put(*id, plain.clone());
+        Ok(plain)
+    }
+
+    /// Cuts the dirty runs of `ino` into chunks and packs them. With `final` false the last
+    /// chunk of each run stays dirty, since more writes may extend it (its end is not a
+    /// content-defined cut yet).
+    pub(super) fn commit_locked(&self, st: &mut State, ino: Ino, final_: bool) -> FsResult<()> {
+        if st.dirty.get(&ino).copied().unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        let all = self.extents_in(ino, 0, u64::MAX)?;
+        // Maximal runs of contiguous dirty extents.
+        let mut runs: Vec<Vec<(u64, Extent)>> = Vec::new();
+        for (off, e) in all {
+            if !matches!(e.src, Src::Dirty { .. }) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(r) if r.last().is_some_and(|(o, l)| o + l.len == off) => r.push((off, e)),
+                _ => runs.push(vec![(off, e)]),
+            }
+        }
+        for run in runs {
+            let run_start = run[0].0;
+            let mut buf = Vec::new();
+            for (_, e) in &run {
+                let Src::Dirty { seq, off } = e.src else {
+                    continue;
+                };
+                let blob = self
+                    .db
+                    .get_pinned_cf(&self.cf(cf::DIRTY), db::key2(ino, seq))?
+                    .ok_or_else(|| {
+                        FsError::Corrupt(format!("dirty data {seq} of inode {ino} is missing"))
+                    })?;
+                let s = off as usize;
+                buf.extend_from_slice(
+                    blob.get(s..s + e.len as usize)
+                        .ok_or_else(|| FsError::Corrupt("dirty extent out of range".into()))?,
+                );
+            }
+            let cuts = chunk::cut(&buf);
+            let n = if final_ {
+                cuts.len()
+            } else {
+                cuts.len().saturating_sub(1)
+            };
+            for &(o, l) in &cuts[..n] {
+                let data = &buf[o..o + l];
+                let id = ChunkId::of(&self.keys.chunk_id, data);
+                let mut b = WriteBatch::default();
+                if self.db.get_pinned_cf(&self.cf(cf::CHUNKS), id.0)?.is_none() {
+                    let sealed = seal::seal(&self.keys.seal, &id, data);
+                    self.append_open(st, &mut b, &id, &sealed)?;
+                }
+                let ext = Extent {
+                    len: l as u64,
+                    src: Src::Chunk { id, off: 0 },
+                };
+                self.replace_range(&mut b, ino, run_start + o as u64, l as u64, Some(ext))?;
+                self.db.write(b)?;
+            }
+        }
+        // Drop dirty writes no extent refers to any more, and recount what is left.
+        let mut live = HashSet::new();
+        let mut left = 0;
+        for (_, e) in self.extents_in(ino, 0, u64::MAX)? {
+            if let Src::Dirty { seq, .. } = e.src {
+                live.insert(seq);
+                left += e.len;
+            }
+        }
+        let dirty = self.cf(cf::DIRTY);
+        let mut b = WriteBatch::default();
+        let mut it = self.db.raw_iterator_cf(&dirty);
+        it.seek(db::key2(ino, 0));
+        while it.valid() {
+            let Some(k) = it.key() else { break };
+            if db::be_u64(k, 0) != Some(ino) {
+                break;
+            }
+            if db::be_u64(k, 8).is_some_and(|s| !live.contains(&s)) {
+                b.delete_cf(&dirty, k);
+            }
+            it.next();
+        }
+        it.status()?;
+        drop(it);
+        self.db.write(b)?;
+        if left == 0 {
+            st.dirty.remove(&ino);
+        } else {
+            st.dirty.insert(ino, left);
+        }
+        Ok(())
+    }
+
+    /// Commits a file's dirty data (on flush and close).
+    pub fn flush(&self, ino: Ino) -> FsResult<()> {
+        let mut st = lock(&self.state);
+        self.commit_locked(&mut st, ino, true)
+    }
+
+    /// Makes a file durable locally: its dirty data is committed and the database synced.
+    /// Upload to suppliers continues in the background; `sync` waits for it.
+    pub fn fsync(&self, ino: Ino) -> FsResult<()> {
+        {
+            let mut st = lock(&self.state);
+            self.commit_locked(&mut st, ino, true)?;
+        }
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Commits every file, seals the open block and syncs the local database. After this,
+    /// everything written so far is in the upload queue or on suppliers.
+    pub fn seal_all(&self) -> FsResult<()> {
+        let mut st = lock(&self.state);
+        let inos: Vec<Ino> = st.dirty.keys().copied().collect();
+        for ino in inos {
+            self.commit_locked(&mut st, ino, true)?;
+        }
+        self.seal_open_locked(&mut st)?;
+        drop(st);
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}

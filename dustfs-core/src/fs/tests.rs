@@ -1,0 +1,349 @@
+//! Engine tests against the in-memory shard store (the trait boundary). The real network and a
+//! real mount are exercised by the workspace's end-to-end suites.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use rand::{RngCore, SeedableRng};
+
+use super::*;
+use crate::keys::MasterSecret;
+use crate::store::MemStore;
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+struct T {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    keys: Keys,
+    store: Arc<MemStore>,
+    fs: Arc<Engine>,
+}
+
+fn setup(suppliers: usize, quota: usize) -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let keys = MasterSecret::from_bytes(&[42; 32]).unwrap().derive();
+    let store = Arc::new(MemStore::with_suppliers(suppliers, quota));
+    let fs = Engine::open(&path, keys.clone(), EngineConfig::default(), store.clone()).unwrap();
+    T {
+        _dir: dir,
+        path,
+        keys,
+        store,
+        fs,
+    }
+}
+
+impl T {
+    fn reopen(&mut self) {
+        let store: Arc<dyn ShardStore> = self.store.clone();
+        // Drop the old engine first: RocksDB allows one opener.
+        let old = std::mem::replace(
+            &mut self.fs,
+            Engine::open(
+                &self.path.with_extension("tmp"),
+                self.keys.clone(),
+                EngineConfig::default(),
+                store.clone(),
+            )
+            .unwrap(),
+        );
+        drop(old);
+        self.fs = Engine::open(
+            &self.path,
+            self.keys.clone(),
+            EngineConfig::default(),
+            store,
+        )
+        .unwrap();
+    }
+
+    fn file(&self, name: &str, data: &[u8]) -> Ino {
+        let i = self
+            .fs
+            .create(ROOT, OsStr::new(name), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap();
+        self.fs.opened(i.ino).unwrap();
+        for (n, piece) in data.chunks(128 * 1024).enumerate() {
+            self.fs
+                .write(i.ino, (n * 128 * 1024) as u64, piece)
+                .unwrap();
+        }
+        self.fs.released(i.ino).unwrap();
+        i.ino
+    }
+
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let size = self.fs.get_inode(ino).unwrap().size;
+        let mut out = Vec::new();
+        while (out.len() as u64) < size {
+            let piece = self.fs.read(ino, out.len() as u64, 1 << 20).unwrap();
+            assert!(!piece.is_empty());
+            out.extend_from_slice(&piece);
+        }
+        out
+    }
+
+    fn sync(&self) {
+        self.fs.seal_all().unwrap();
+        for _ in 0..1000 {
+            if self.fs.pending().unwrap().0 == 0 {
+                return;
+            }
+            self.fs.upload_round().unwrap();
+        }
+        panic!(
+            "upload queue did not drain: {:?}",
+            self.fs.status().unwrap()
+        );
+    }
+}
+
+#[test]
+fn bytes_written_read_back_before_and_after_upload() {
+    let t = setup(6, usize::MAX);
+    let data = random(9 * 1024 * 1024 + 123, 1);
+    let ino = t.file("a", &data);
+    assert_eq!(t.read_all(ino), data);
+    t.sync();
+    assert_eq!(t.read_all(ino), data);
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+    let st = t.fs.status().unwrap();
+    assert_eq!(st.queued_shards, 0);
+    assert!(st.blocks["healthy"] >= 3, "{st:?}");
+}
+
+#[test]
+fn any_two_suppliers_lost_still_reads_back() {
+    let t = setup(6, usize::MAX);
+    let data = random(5 * 1024 * 1024, 2);
+    let ino = t.file("a", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    t.store.set_offline("s1", true);
+    t.store.set_offline("s4", true);
+    assert_eq!(t.read_all(ino), data);
+}
+
+#[test]
+fn a_corrupting_supplier_is_detected_and_the_block_rebuilt() {
+    let t = setup(6, usize::MAX);
+    let data = random(3 * 1024 * 1024, 3);
+    let ino = t.file("a", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    t.store.set_corrupt("s2");
+    assert_eq!(t.read_all(ino), data);
+    assert!(t.fs.status().unwrap().corrupt_shards >= 1);
+}
+
+#[test]
+fn a_supplier_over_quota_is_replaced_by_another() {
+    let t = setup(7, usize::MAX);
+    t.store.set_quota("s3", 0);
+    let data = random(6 * 1024 * 1024, 4);
+    let ino = t.file("a", &data);
+    t.sync();
+    assert_eq!(t.store.used("s3"), 0);
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+    assert_eq!(t.fs.status().unwrap().blocks["healthy"], 2);
+}
+
+#[test]
+fn identical_content_is_stored_once() {
+    let t = setup(6, usize::MAX);
+    let data = random(8 * 1024 * 1024, 5);
+    t.file("a", &data);
+    t.sync();
+    let one: usize = (1..=6).map(|i| t.store.used(&format!("s{i}"))).sum();
+    t.file("b", &data);
+    t.sync();
+    let two: usize = (1..=6).map(|i| t.store.used(&format!("s{i}"))).sum();
+    assert!(
+        two < one + one / 10,
+        "second copy added {} bytes to {}",
+        two - one,
+        one
+    );
+    assert!(one as f64 >= data.len() as f64 * 1.5 * 0.99);
+}
+
+#[test]
+fn suppliers_see_no_plaintext() {
+    let t = setup(6, usize::MAX);
+    let data = b"SECRET-MARKER-7f3a ".repeat(50_000);
+    t.file("a", &data);
+    t.sync();
+    let all = t.store.all_bytes();
+    assert!(!all.is_empty());
+    assert!(!all.windows(18).any(|w| w == b"SECRET-MARKER-7f3a"));
+}
+
+#[test]
+fn random_writes_truncates_and_holes_match_a_reference() {
+    let t = setup(6, usize::MAX);
+    let i =
+        t.fs.create(ROOT, OsStr::new("f"), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap()
+            .ino;
+    t.fs.opened(i).unwrap();
+    let mut reference: Vec<u8> = Vec::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for step in 0..300 {
+        let op = rng.next_u32() % 10;
+        if op < 7 {
+            let off = (rng.next_u32() % (3 << 20)) as usize;
+            let len = 1 + (rng.next_u32() % 300_000) as usize;
+            let d = random(len, step);
+            t.fs.write(i, off as u64, &d).unwrap();
+            if reference.len() < off + len {
+                reference.resize(off + len, 0);
+            }
+            reference[off..off + len].copy_from_slice(&d);
+        } else if op < 8 {
+            let size = (rng.next_u32() % (4 << 20)) as usize;
+            t.fs.setattr(
+                i,
+                SetAttr {
+                    size: Some(size as u64),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            reference.resize(size, 0);
+        } else if op < 9 {
+            t.fs.flush(i).unwrap();
+        } else {
+            t.sync();
+        }
+        if step % 25 == 0 {
+            assert_eq!(t.read_all(i), reference, "step {step}");
+        }
+    }
+    t.fs.released(i).unwrap();
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(i), reference);
+}
+
+#[test]
+fn everything_survives_a_restart_without_sync() {
+    let mut t = setup(6, usize::MAX);
+    let data = random(5 * 1024 * 1024 + 7, 6);
+    let i =
+        t.fs.create(ROOT, OsStr::new("f"), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap()
+            .ino;
+    t.fs.write(i, 0, &data[..3 << 20]).unwrap();
+    t.fs.flush(i).unwrap();
+    t.fs.write(i, 3 << 20, &data[3 << 20..]).unwrap();
+    // No release, no sync: dirty data, an open block and queued shards all exist now.
+    t.reopen();
+    assert_eq!(t.read_all(i), data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(i), data);
+}
+
+#[test]
+fn namespace_operations() {
+    let t = setup(6, usize::MAX);
+    let fs = &t.fs;
+    let d = fs
+        .create(ROOT, OsStr::new("d"), Kind::Dir, 0o755, 0, 0, 0, None)
+        .unwrap();
+    assert_eq!(fs.get_inode(ROOT).unwrap().nlink, 3);
+    let a = t.file("a", b"hello");
+    fs.link(a, d.ino, OsStr::new("a2")).unwrap();
+    assert_eq!(fs.get_inode(a).unwrap().nlink, 2);
+    fs.unlink(ROOT, OsStr::new("a")).unwrap();
+    assert_eq!(
+        t.read_all(fs.lookup(d.ino, OsStr::new("a2")).unwrap().ino),
+        b"hello"
+    );
+    let s = fs
+        .create(
+            d.ino,
+            OsStr::new("s"),
+            Kind::Symlink,
+            0o777,
+            0,
+            0,
+            0,
+            Some(std::path::Path::new("../x")),
+        )
+        .unwrap();
+    assert_eq!(fs.readlink(s.ino).unwrap(), b"../x");
+    assert!(matches!(
+        fs.rmdir(ROOT, OsStr::new("d")),
+        Err(FsError::NotEmpty)
+    ));
+    // rename over an existing file replaces it
+    let b = t.file("b", b"bbb");
+    fs.rename(d.ino, OsStr::new("a2"), ROOT, OsStr::new("b"), false, false)
+        .unwrap();
+    assert!(matches!(fs.get_inode(b), Err(FsError::NotFound)));
+    assert_eq!(
+        t.read_all(fs.lookup(ROOT, OsStr::new("b")).unwrap().ino),
+        b"hello"
+    );
+    // a directory cannot move into itself
+    let e = fs
+        .create(d.ino, OsStr::new("e"), Kind::Dir, 0o755, 0, 0, 0, None)
+        .unwrap();
+    assert!(matches!(
+        fs.rename(ROOT, OsStr::new("d"), e.ino, OsStr::new("x"), false, false),
+        Err(FsError::Invalid)
+    ));
+    fs.rename(d.ino, OsStr::new("e"), ROOT, OsStr::new("e"), false, false)
+        .unwrap();
+    assert_eq!(fs.get_inode(d.ino).unwrap().nlink, 2);
+    assert_eq!(fs.get_inode(ROOT).unwrap().nlink, 4);
+    let names: Vec<_> = fs
+        .readdir(ROOT, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            b".".to_vec(),
+            b"..".to_vec(),
+            b"b".to_vec(),
+            b"d".to_vec(),
+            b"e".to_vec()
+        ]
+    );
+    fs.setxattr(a, OsStr::new("user.k"), b"v", true, false)
+        .unwrap();
+    assert_eq!(fs.getxattr(a, OsStr::new("user.k")).unwrap(), b"v");
+    assert!(matches!(
+        fs.setxattr(a, OsStr::new("user.k"), b"v", true, false),
+        Err(FsError::Exists)
+    ));
+    assert_eq!(fs.listxattr(a).unwrap(), vec![b"user.k".to_vec()]);
+    fs.removexattr(a, OsStr::new("user.k")).unwrap();
+    assert!(matches!(
+        fs.getxattr(a, OsStr::new("user.k")),
+        Err(FsError::NoAttr)
+    ));
+}
+
+#[test]
+fn an_unlinked_open_file_stays_readable_until_closed() {
+    let t = setup(6, usize::MAX);
+    let a = t.file("a", b"still here");
+    t.fs.opened(a).unwrap();
+    t.fs.unlink(ROOT, OsStr::new("a")).unwrap();
+    assert_eq!(t.fs.read(a, 0, 100).unwrap(), b"still here");
+    t.fs.released(a).unwrap();
+    assert!(matches!(t.fs.get_inode(a), Err(FsError::NotFound)));
+}

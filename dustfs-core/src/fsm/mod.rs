@@ -1,0 +1,35 @@
+//! Explicit finite state machines, sans-IO: plain enums of states and events and a pure
+//! transition function. Drivers elsewhere perform the IO and feed the outcomes back as events.
+//! Every machine can print its transition table and a Graphviz drawing from the code itself.
+
+pub mod block;
+
+/// A printable machine: its name and every (from, event, to) edge.
+pub trait Machine {
+    /// Name used by `dustfs fsm NAME`.
+    const NAME: &'static str;
+    /// Every transition as (from, event, to) names.
+    fn edges() -> Vec<(&'static str, &'static str, &'static str)>;
+}
+
+/// The transition table as aligned text.
+pub fn table<M: Machine>() -> String {
+    let mut out = format!("{:<12} {:<16} {}\n", "from", "event", "to");
+    for (f, e, t) in M::edges() {
+        out.push_str(&format!("{f:<12} {e:<16} {t}\n"));
+    }
+    out
+}
+
+/// The machine as a Graphviz digraph.
+pub fn dot<M: Machine>() -> String {
+    let mut out = format!(
+        "digraph {} {{\n  rankdir=LR;\n  node [shape=box, style=rounded];\n",
+        M::NAME
+    );
+    for (f, e, t) in M::edges() {
+        out.push_str(&format!("  {f} -> {t} [label=\"{e}\"];\n"));
+    }
+    out.push_str("}\n");
+    out
+}

@@ -1,0 +1,169 @@
+//! The engine's only window onto the network: a shard store that can place, fetch and delete
+//! shards on named suppliers. `dustfs-net` implements it over libp2p; tests implement it in
+//! memory. Calls block the calling thread (the engine runs them on its own worker threads).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use crate::shard::ShardId;
+
+/// A supplier's name (its libp2p peer id in text form).
+pub type SupplierId = String;
+
+/// Why a supplier did not do what was asked.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The supplier refused: over the quota it granted this customer.
+    #[error("supplier is over quota")]
+    Quota,
+    /// The supplier does not have the shard.
+    #[error("shard not found on supplier")]
+    NotFound,
+    /// The supplier refused the request (bad signature, malformed, ...).
+    #[error("refused by supplier: {0}")]
+    Refused(String),
+    /// The supplier could not be reached or did not answer in time.
+    #[error("supplier unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// A place to put shards.
+pub trait ShardStore: Send + Sync {
+    /// Suppliers currently known and believed reachable, best first.
+    fn suppliers(&self) -> Vec<SupplierId>;
+    /// Stores a shard on a supplier and returns once it is durable there (fsync'd).
+    fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Fetches a whole shard from a supplier (the caller verifies it against `id`).
+    fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError>;
+    /// Deletes a shard from a supplier.
+    fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError>;
+}
+
+/// An in-memory store for engine tests: named suppliers, each with a quota, that can be taken
+/// offline or made to corrupt what they return.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    shards: HashMap<SupplierId, HashMap<ShardId, Vec<u8>>>,
+    quota: HashMap<SupplierId, usize>,
+    offline: HashSet<SupplierId>,
+    corrupt: HashSet<SupplierId>,
+}
+
+impl MemStore {
+    /// A store with `n` suppliers named `s1..sn`, each with `quota` bytes.
+    pub fn with_suppliers(n: usize, quota: usize) -> Self {
+        let s = Self::default();
+        {
+            let mut g = s.lock();
+            for i in 1..=n {
+                g.shards.insert(format!("s{i}"), HashMap::new());
+                g.quota.insert(format!("s{i}"), quota);
+            }
+        }
+        s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a supplier offline (or back).
+    pub fn set_offline(&self, s: &str, off: bool) {
+        let mut g = self.lock();
+        if off {
+            g.offline.insert(s.into())
+        } else {
+            g.offline.remove(s)
+        };
+    }
+
+    /// Changes a supplier's quota.
+    pub fn set_quota(&self, s: &str, bytes: usize) {
+        self.lock().quota.insert(s.into(), bytes);
+    }
+
+    /// Makes a supplier flip a byte in everything it returns.
+    pub fn set_corrupt(&self, s: &str) {
+        self.lock().corrupt.insert(s.into());
+    }
+
+    /// Bytes stored on a supplier.
+    pub fn used(&self, s: &str) -> usize {
+        self.lock()
+            .shards
+            .get(s)
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// All stored bytes, concatenated (for plaintext checks).
+    pub fn all_bytes(&self) -> Vec<u8> {
+        self.lock()
+            .shards
+            .values()
+            .flat_map(|m| m.values().flatten().copied())
+            .collect()
+    }
+}
+
+impl ShardStore for MemStore {
+    fn suppliers(&self) -> Vec<SupplierId> {
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .shards
+            .keys()
+            .filter(|s| !g.offline.contains(*s))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        let quota = g.quota.get(supplier).copied().unwrap_or(0);
+        let m = g.shards.entry(supplier.clone()).or_default();
+        let used: usize = m.values().map(Vec::len).sum();
+        if !m.contains_key(id) && used + bytes.len() > quota {
+            return Err(StoreError::Quota);
+        }
+        m.insert(*id, bytes.to_vec());
+        Ok(())
+    }
+
+    fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        let g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        let mut b = g
+            .shards
+            .get(supplier)
+            .and_then(|m| m.get(id))
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
+        if g.corrupt.contains(supplier) {
+            if let Some(x) = b.last_mut() {
+                *x ^= 0x55;
+            }
+        }
+        Ok(b)
+    }
+
+    fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if let Some(m) = g.shards.get_mut(supplier) {
+            m.remove(id);
+        }
+        Ok(())
+    }
+}
