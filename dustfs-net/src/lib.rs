@@ -1,1 +1,13 @@
-//! placeholder
+//! dustfs-net: the peer-to-peer layer of dustfs.
+//!
+//! [`host`] runs the libp2p node (QUIC + TCP, Kademlia, identify, the shard protocol);
+//! [`protocol`] defines the messages, their size limits and the signed envelope;
+//! [`supplier`] is the supplier's shard store on disk; [`store`] implements the engine's
+//! [`dustfs_core::store::ShardStore`] over the network.
+
+pub mod host;
+pub mod protocol;
+pub mod store;
+pub mod supplier;
+
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};

@@ -1,0 +1,426 @@
+//! The libp2p host: QUIC and TCP transports, Kademlia for discovery, identify, and the shard
+//! protocol over request-response. One tokio task owns the swarm; everything else talks to it
+//! through a bounded command channel and gets answers by oneshot.
+//!
+//! Suppliers announce themselves as providers of [`SUPPLIER_KEY`] in the DHT; customers find
+//! them with `get_providers`. The addresses identify learns are fed into Kademlia, so a peer
+//! found in the DHT can be dialled by id alone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::protocol::{FrameCodec, PROTOCOL};
+use crate::supplier::ShardDir;
+
+/// The DHT key under which every supplier announces itself.
+pub const SUPPLIER_KEY: &[u8] = b"/dustfs/suppliers/v1";
+/// Kademlia protocol name (a private DHT, not the public IPFS one).
+pub const KAD_PROTOCOL: &str = "/dustfs/kad/1.0.0";
+/// Commands waiting for the swarm task, at most.
+const COMMAND_QUEUE: usize = 256;
+/// How long a request may take end to end.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The transport could not be set up or a listen address failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The peer could not be reached or the request failed on the way.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The node has stopped.
+    #[error("the network node has stopped")]
+    Stopped,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    rr: request_response::Behaviour<FrameCodec>,
+}
+
+/// What a node is configured with.
+pub struct NodeConfig {
+    /// The node's network identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on (TCP and QUIC multiaddrs).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the network through (with `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// The supplier role: the shard store this node serves, if any.
+    pub supplier: Option<Arc<ShardDir>>,
+}
+
+enum Command {
+    Request {
+        peer: PeerId,
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+}
+
+/// What the swarm task shares with the handles.
+#[derive(Default)]
+struct Shared {
+    listen: Vec<Multiaddr>,
+    connected: HashSet<PeerId>,
+    suppliers: HashSet<PeerId>,
+    known: HashSet<PeerId>,
+}
+
+/// A handle to a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    /// This node's peer id.
+    pub peer_id: PeerId,
+    cmd: mpsc::Sender<Command>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// A snapshot of the node's view of the network.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NetStatus {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Addresses it listens on.
+    pub listen: Vec<String>,
+    /// Peers with an open connection.
+    pub connected: usize,
+    /// Peers known in the DHT routing table.
+    pub known: usize,
+    /// Suppliers found in the DHT.
+    pub suppliers: Vec<String>,
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    /// Starts a node on the current tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NetError> {
+        let peer_id = cfg.keypair.public().to_peer_id();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_quic_config(|mut c| {
+                c.handshake_timeout = Duration::from_secs(3);
+                c
+            })
+            .with_behaviour(|key| {
+                let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                kcfg.set_query_timeout(Duration::from_secs(20));
+                let mut kad = kad::Behaviour::with_config(
+                    peer_id,
+                    kad::store::MemoryStore::new(peer_id),
+                    kcfg,
+                );
+                // Loopback and private networks never confirm an external address, so the
+                // automatic mode would leave every node a DHT client; each node serves.
+                kad.set_mode(Some(kad::Mode::Server));
+                Behaviour {
+                    kad,
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/dustfs/id/1".into(),
+                        key.public(),
+                    )),
+                    rr: request_response::Behaviour::with_codec(
+                        FrameCodec,
+                        [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(REQUEST_TIMEOUT)
+                            .with_max_concurrent_streams(64),
+                    ),
+                }
+            })
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for a in &cfg.listen {
+            swarm
+                .listen_on(a.clone())
+                .map_err(|e| NetError::Transport(format!("{a}: {e}")))?;
+        }
+        for a in &cfg.bootstrap {
+            match a.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(p)) if p != peer_id => {
+                    swarm.behaviour_mut().kad.add_address(&p, a.clone());
+                    if let Err(e) = swarm.dial(a.clone()) {
+                        warn!(addr = %a, error = %e, "cannot dial bootstrap peer");
+                    }
+                }
+                Some(libp2p::multiaddr::Protocol::P2p(_)) => {}
+                _ => warn!(addr = %a, "bootstrap address without /p2p/<peer id>; ignored"),
+            }
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task = Task {
+            swarm,
+            supplier: cfg.supplier,
+            pending: HashMap::new(),
+            shared: shared.clone(),
+            inbound: mpsc::channel(64),
+            discovered: false,
+        };
+        tokio::spawn(task.run(rx));
+        Ok(Node {
+            peer_id,
+            cmd: tx,
+            shared,
+        })
+    }
+
+    /// Sends a request frame to a peer and waits for the response frame.
+    pub async fn request(&self, peer: PeerId, frame: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request { peer, frame, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Suppliers found in the DHT (not this node).
+    pub fn suppliers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = lock(&self.shared)
+            .suppliers
+            .iter()
+            .copied()
+            .filter(|p| *p != self.peer_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Listen addresses, once the transports are up.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.shared).listen.clone()
+    }
+
+    /// Waits until the node listens on at least `n` addresses (or `timeout` passes).
+    pub async fn wait_listening(&self, n: usize, timeout: Duration) -> Vec<Multiaddr> {
+        let start = Instant::now();
+        loop {
+            let l = self.listen_addrs();
+            if l.len() >= n || start.elapsed() > timeout {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A snapshot of the node's view.
+    pub fn status(&self) -> NetStatus {
+        let s = lock(&self.shared);
+        NetStatus {
+            peer_id: self.peer_id.to_string(),
+            listen: s.listen.iter().map(|a| a.to_string()).collect(),
+            connected: s.connected.len(),
+            known: s.known.len(),
+            suppliers: self.suppliers().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+}
+
+struct Task {
+    swarm: libp2p::Swarm<Behaviour>,
+    supplier: Option<Arc<ShardDir>>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    shared: Arc<Mutex<Shared>>,
+    inbound: (
+        mpsc::Sender<(ResponseChannel<Vec<u8>>, Vec<u8>)>,
+        mpsc::Receiver<(ResponseChannel<Vec<u8>>, Vec<u8>)>,
+    ),
+    discovered: bool,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut discover = tokio::time::interval(Duration::from_secs(2));
+        let mut provide = tokio::time::interval(Duration::from_secs(30));
+        let mut bootstrap = tokio::time::interval(Duration::from_secs(60));
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Request { peer, frame, reply }) => {
+                        let id = self.swarm.behaviour_mut().rr.send_request(&peer, frame);
+                        self.pending.insert(id, reply);
+                    }
+                    None => break,
+                },
+                Some((channel, frame)) = self.inbound.1.recv() => {
+                    if self.swarm.behaviour_mut().rr.send_response(channel, frame).is_err() {
+                        debug!("response channel closed before the answer was ready");
+                    }
+                }
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                _ = discover.tick() => {
+                    ticks += 1;
+                    // Quickly at first, then every 20 s once suppliers are known.
+                    if !self.discovered || ticks % 10 == 0 {
+                        self.swarm.behaviour_mut().kad.get_providers(RecordKey::new(&SUPPLIER_KEY));
+                    }
+                }
+                _ = provide.tick() => {
+                    if self.supplier.is_some() {
+                        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(RecordKey::new(&SUPPLIER_KEY)) {
+                            warn!(error = %e, "cannot announce as supplier");
+                        }
+                        lock(&self.shared).suppliers.insert(*self.swarm.local_peer_id());
+                    }
+                }
+                _ = bootstrap.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                lock(&self.shared).listen.push(address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                lock(&self.shared).connected.insert(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                lock(&self.shared).connected.remove(&peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for a in info.listen_addrs {
+                    kad.add_address(&peer_id, a);
+                }
+                lock(&self.shared).known.insert(peer_id);
+                if self.supplier.is_some() {
+                    // Announce as soon as there is someone to announce to.
+                    let _ = kad.start_providing(RecordKey::new(&SUPPLIER_KEY));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result,
+                ..
+            })) => {
+                if let QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                {
+                    let mut s = lock(&self.shared);
+                    let before = s.suppliers.len();
+                    s.suppliers.extend(providers);
+                    if s.suppliers.len() != before {
+                        debug!(suppliers = s.suppliers.len(), "suppliers discovered");
+                    }
+                    self.discovered = s.suppliers.len() > 1;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) => {
+                lock(&self.shared).known.insert(peer);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
+            _ => {}
+        }
+    }
+
+    fn on_rr(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                peer,
+                ..
+            } => {
+                let Some(dir) = self.supplier.clone() else {
+                    let frame = crate::protocol::encode_response(
+                        &crate::protocol::Response::Error(crate::protocol::WireError::Internal(
+                            "this node is not a supplier".into(),
+                        )),
+                    );
+                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, frame);
+                    return;
+                };
+                let tx = self.inbound.0.clone();
+                tokio::spawn(async move {
+                    // Disk IO with fsync: off the async threads.
+                    match tokio::task::spawn_blocking(move || dir.handle(&request)).await {
+                        Ok(resp) => {
+                            let _ = tx.send((channel, resp)).await;
+                        }
+                        Err(e) => warn!(%peer, error = %e, "request handler failed"),
+                    }
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(r) = self.pending.remove(&request_id) {
+                    let _ = r.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some(r) = self.pending.remove(&request_id) {
+                    let _ = r.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The engine's shard store over the network: signs requests with the user key, sends them to
+//! suppliers through the node, and maps wire refusals to [`StoreError`]s. Its methods block
+//! the calling (non-async) thread on the node's runtime.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dustfs_core::shard::ShardId;
+use dustfs_core::store::{ShardStore, StoreError, SupplierId};
+use ed25519_dalek::SigningKey;
+use libp2p::PeerId;
+
+use crate::host::Node;
+use crate::protocol::{self, Envelope, Op, Request, Response, WireError};
+
+/// How long a supplier that could not be reached is skipped without trying.
+const DEAD_FOR: Duration = Duration::from_secs(10);
+
+/// A [`ShardStore`] backed by a libp2p node.
+pub struct NetStore {
+    node: Node,
+    key: SigningKey,
+    rt: tokio::runtime::Handle,
+    dead: Mutex<HashMap<PeerId, Instant>>,
+}
+
+impl NetStore {
+    /// Wraps a node; `key` is the user's signing key, `rt` the runtime the node runs on.
+    pub fn new(node: Node, key: SigningKey, rt: tokio::runtime::Handle) -> Self {
+        Self {
+            node,
+            key,
+            rt,
+            dead: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn is_dead(&self, p: &PeerId) -> bool {
+        let mut d = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        d.retain(|_, t| now.duration_since(*t) < DEAD_FOR);
+        d.contains_key(p)
+    }
+
+    fn call(&self, supplier: &SupplierId, req: &Request) -> Result<Response, StoreError> {
+        let peer: PeerId = supplier
+            .parse()
+            .map_err(|_| StoreError::Refused(format!("bad supplier id {supplier}")))?;
+        if self.is_dead(&peer) {
+            return Err(StoreError::Unreachable(format!("{peer} failed recently")));
+        }
+        let frame = protocol::encode_request(req);
+        match self.rt.block_on(self.node.request(peer, frame)) {
+            Ok(resp) => {
+                protocol::decode_response(&resp).map_err(|e| StoreError::Refused(e.to_string()))
+            }
+            Err(e) => {
+                self.dead
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(peer, Instant::now());
+                Err(StoreError::Unreachable(e.to_string()))
+            }
+        }
+    }
+
+    fn customer(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+}
+
+fn refusal(e: WireError) -> StoreError {
+    match e {
+        WireError::Quota => StoreError::Quota,
+        WireError::NotFound => StoreError::NotFound,
+        other => StoreError::Refused(other.to_string()),
+    }
+}
+
+impl ShardStore for NetStore {
+    fn suppliers(&self) -> Vec<SupplierId> {
+        self.node
+            .suppliers()
+            .into_iter()
+            .filter(|p| !self.is_dead(p))
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        let env = Envelope::sign(
+            &self.key,
+            Op::Store {
+                shard: *id,
+                len: bytes.len() as u64,
+            },
+        );
+        match self.call(
+            supplier,
+            &Request::Store {
+                env,
+                data: bytes.to_vec(),
+            },
+        )? {
+            Response::Stored => Ok(()),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        match self.call(
+            supplier,
+            &Request::Fetch {
+                customer: self.customer(),
+                shard: *id,
+                range: None,
+            },
+        )? {
+            Response::Shard(b) => Ok(b),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
+    fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
+        let env = Envelope::sign(&self.key, Op::Delete { shard: *id });
+        match self.call(supplier, &Request::Delete(env))? {
+            Response::Deleted => Ok(()),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The supplier side: a shard store on local disk, indexed per customer, bounded by the quota
+//! granted to each customer, answering the shard protocol.
+//!
+//! Layout: `ROOT/<customer hex>/<shard hex>`; writes go to `ROOT/tmp/`, are fsync'd, renamed
+//! into place and the directory fsync'd before the request is acknowledged (as Garage writes
+//! its block files), so an acknowledged shard survives a crash of the supplier.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use dustfs_core::shard::ShardId;
+use tracing::{debug, warn};
+
+use crate::protocol::{self, Envelope, MAX_SHARD, MAX_SKEW_MS, Op, Request, Response, WireError};
+
+/// Replay-cache entries kept at most; past that, new signed requests are refused as expired
+/// until old ones age out (bounded memory under a flood).
+const MAX_NONCES: usize = 1_000_000;
+
+/// A supplier's shard store.
+pub struct ShardDir {
+    root: PathBuf,
+    quota: u64,
+    state: Mutex<DirState>,
+}
+
+#[derive(Default)]
+struct DirState {
+    /// Bytes used per customer (computed from disk on first use).
+    used: HashMap<[u8; 32], u64>,
+    seen: HashSet<[u8; 16]>,
+    seen_order: VecDeque<(u64, [u8; 16])>,
+}
+
+/// Counters of what a supplier holds, for tests and status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirUsage {
+    /// Shards stored.
+    pub shards: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+impl ShardDir {
+    /// Opens (creating) a store under `root` granting each customer `quota` bytes.
+    pub fn open(root: &Path, quota: u64) -> std::io::Result<Self> {
+        fs::create_dir_all(root.join("tmp"))?;
+        // Leftovers of writes interrupted by a crash were never acknowledged.
+        for e in fs::read_dir(root.join("tmp"))?.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            quota,
+            state: Mutex::new(DirState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn customer_dir(&self, c: &[u8; 32]) -> PathBuf {
+        self.root.join(hex::encode(c))
+    }
+
+    fn used(&self, st: &mut DirState, c: &[u8; 32]) -> u64 {
+        if let Some(u) = st.used.get(c) {
+            return *u;
+        }
+        let mut total = 0;
+        if let Ok(rd) = fs::read_dir(self.customer_dir(c)) {
+            for e in rd.flatten() {
+                total += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        st.used.insert(*c, total);
+        total
+    }
+
+    /// Everything stored, over all customers.
+    pub fn usage(&self) -> DirUsage {
+        let mut u = DirUsage::default();
+        if let Ok(rd) = fs::read_dir(&self.root) {
+            for d in rd.flatten().filter(|d| d.file_name() != "tmp") {
+                for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                    u.shards += 1;
+                    u.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        u
+    }
+
+    /// Checks signature, time window and nonce of a signed request.
+    fn admit(&self, env: &Envelope) -> Result<(), WireError> {
+        env.verify()?;
+        let now = protocol::now_ms();
+        let ts = env.signed.timestamp_ms;
+        if ts + MAX_SKEW_MS < now || ts > now + MAX_SKEW_MS {
+            return Err(WireError::Expired);
+        }
+        let mut st = self.lock();
+        while let Some((t, n)) = st.seen_order.front().copied() {
+            if t + 2 * MAX_SKEW_MS >= now {
+                break;
+            }
+            st.seen_order.pop_front();
+            st.seen.remove(&n);
+        }
+        if st.seen.contains(&env.signed.nonce) {
+            return Err(WireError::Replay);
+        }
+        if st.seen.len() >= MAX_NONCES {
+            return Err(WireError::Expired);
+        }
+        st.seen.insert(env.signed.nonce);
+        st.seen_order.push_back((now, env.signed.nonce));
+        Ok(())
+    }
+
+    /// Answers one request frame. Never panics on bad input; every refusal is typed.
+    pub fn handle(&self, frame: &[u8]) -> Vec<u8> {
+        let resp = match protocol::decode_request(frame) {
+            Ok(req) => self.handle_request(req).unwrap_or_else(Response::Error),
+            Err(e) => Response::Error(e),
+        };
+        if let Response::Error(e) = &resp {
+            debug!(error = %e, "request refused");
+        }
+        protocol::encode_response(&resp)
+    }
+
+    fn handle_request(&self, req: Request) -> Result<Response, WireError> {
+        match req {
+            Request::Store { env, data } => {
+                let Op::Store { shard, len } = env.signed.op else {
+                    return Err(WireError::Malformed(
+                        "store request with another operation".into(),
+                    ));
+                };
+                if data.len() > MAX_SHARD {
+                    return Err(WireError::TooLarge);
+                }
+                if len != data.len() as u64 || ShardId::of(&data) != shard {
+                    return Err(WireError::HashMismatch);
+                }
+                self.admit(&env)?;
+                self.store(&env.signed.customer, &shard, &data)?;
+                Ok(Response::Stored)
+            }
+            Request::Fetch {
+                customer,
+                shard,
+                range,
+            } => {
+                let path = self.customer_dir(&customer).join(shard.to_hex());
+                let data = fs::read(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => WireError::NotFound,
+                    _ => WireError::Internal(e.to_string()),
+                })?;
+                match range {
+                    None => Ok(Response::Shard(data)),
+                    Some((a, b)) => {
+                        let (a, b) = (a as usize, (b as usize).min(data.len()));
+                        if a > b {
+                            return Err(WireError::Malformed("empty range".into()));
+                        }
+                        Ok(Response::Shard(data[a..b].to_vec()))
+                    }
+                }
+            }
+            Request::Delete(env) => {
+                let Op::Delete { shard } = env.signed.op else {
+                    return Err(WireError::Malformed(
+                        "delete request with another operation".into(),
+                    ));
+                };
+                self.admit(&env)?;
+                let path = self.customer_dir(&env.signed.customer).join(shard.to_hex());
+                if let Ok(m) = fs::metadata(&path) {
+                    fs::remove_file(&path).map_err(|e| WireError::Internal(e.to_string()))?;
+                    let mut st = self.lock();
+                    let used = self.used(&mut st, &env.signed.customer);
+                    st.used
+                        .insert(env.signed.customer, used.saturating_sub(m.len()));
+                }
+                Ok(Response::Deleted)
+            }
+            Request::List(env) => {
+                if env.signed.op != Op::List {
+                    return Err(WireError::Malformed(
+                        "list request with another operation".into(),
+                    ));
+                }
+                self.admit(&env)?;
+                let mut out = Vec::new();
+                for e in fs::read_dir(self.customer_dir(&env.signed.customer))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Some(id) = hex::decode(e.file_name().as_encoded_bytes())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    {
+                        out.push(ShardId(id));
+                    }
+                }
+                Ok(Response::List(out))
+            }
+            Request::Usage { customer } => {
+                let mut st = self.lock();
+                Ok(Response::Usage {
+                    used: self.used(&mut st, &customer),
+                    quota: self.quota,
+                })
+            }
+        }
+    }
+
+    fn store(&self, customer: &[u8; 32], shard: &ShardId, data: &[u8]) -> Result<(), WireError> {
+        let dir = self.customer_dir(customer);
+        let path = dir.join(shard.to_hex());
+        let internal = |e: std::io::Error| {
+            warn!(error = %e, "shard write failed");
+            WireError::Internal(e.to_string())
+        };
+        if path.exists() {
+            return Ok(());
+        }
+        {
+            // Reserve the space first so concurrent stores cannot overshoot the quota.
+            let mut st = self.lock();
+            let used = self.used(&mut st, customer);
+            if used + data.len() as u64 > self.quota {
+                return Err(WireError::Quota);
+            }
+            st.used.insert(*customer, used + data.len() as u64);
+        }
+        let result = (|| {
+            fs::create_dir_all(&dir)?;
+            let mut nonce = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+            let tmp = self.root.join("tmp").join(hex::encode(nonce));
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            fs::File::open(&dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let mut st = self.lock();
+            if let Some(u) = st.used.get_mut(customer) {
+                *u = u.saturating_sub(data.len() as u64);
+            }
+            return Err(internal(e));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn store_req(key: &SigningKey, data: &[u8]) -> Vec<u8> {
+        let env = Envelope::sign(
+            key,
+            Op::Store {
+                shard: ShardId::of(data),
+                len: data.len() as u64,
+            },
+        );
+        protocol::encode_request(&Request::Store {
+            env,
+            data: data.to_vec(),
+        })
+    }
+
+    fn answer(d: &ShardDir, frame: &[u8]) -> Response {
+        protocol::decode_response(&d.handle(frame)).unwrap()
+    }
+
+    #[test]
+    fn stores_fetches_and_refuses_what_it_must() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = ShardDir::open(tmp.path(), 100).unwrap();
+        let k = SigningKey::from_bytes(&[1; 32]);
+        let c = k.verifying_key().to_bytes();
+        let req = store_req(&k, b"shard one");
+        assert_eq!(answer(&d, &req), Response::Stored);
+        // the same signed request again is a replay
+        assert_eq!(answer(&d, &req), Response::Error(WireError::Replay));
+        let fetch = Request::Fetch {
+            customer: c,
+            shard: ShardId::of(b"shard one"),
+            range: Some((6, 9)),
+        };
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&fetch)),
+            Response::Shard(b"one".to_vec())
+        );
+        // over quota
+        assert_eq!(
+            answer(&d, &store_req(&k, &[7u8; 95])),
+            Response::Error(WireError::Quota)
+        );
+        // bytes that do not match the signed id
+        let env = Envelope::sign(
+            &k,
+            Op::Store {
+                shard: ShardId::of(b"a"),
+                len: 1,
+            },
+        );
+        let bad = protocol::encode_request(&Request::Store {
+            env,
+            data: b"b".to_vec(),
+        });
+        assert_eq!(answer(&d, &bad), Response::Error(WireError::HashMismatch));
+        // stale timestamp
+        let env = Envelope::sign_with(&k, Op::List, 1000, [3; 16]);
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&Request::List(env))),
+            Response::Error(WireError::Expired)
+        );
+        // another customer cannot delete it
+        let thief = SigningKey::from_bytes(&[2; 32]);
+        let mut env = Envelope::sign(
+            &thief,
+            Op::Delete {
+                shard: ShardId::of(b"shard one"),
+            },
+        );
+        env.signed.customer = c;
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&Request::Delete(env))),
+            Response::Error(WireError::BadSignature)
+        );
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&fetch)),
+            Response::Shard(b"one".to_vec())
+        );
+        // malformed input
+        assert!(matches!(
+            answer(&d, b"\x01\xff\xff"),
+            Response::Error(WireError::Malformed(_))
+        ));
+        // the owner can
+        let env = Envelope::sign(
+            &k,
+            Op::Delete {
+                shard: ShardId::of(b"shard one"),
+            },
+        );
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&Request::Delete(env))),
+            Response::Deleted
+        );
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&fetch)),
+            Response::Error(WireError::NotFound)
+        );
+        assert_eq!(d.usage().bytes, 0);
+    }
+}
