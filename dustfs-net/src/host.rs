@@ -236,13 +236,14 @@ impl Node {
 
     /// A snapshot of the node's view.
     pub fn status(&self) -> NetStatus {
+        let suppliers = self.suppliers().iter().map(|p| p.to_string()).collect();
         let s = lock(&self.shared);
         NetStatus {
             peer_id: self.peer_id.to_string(),
             listen: s.listen.iter().map(|a| a.to_string()).collect(),
             connected: s.connected.len(),
             known: s.known.len(),
-            suppliers: self.suppliers().iter().map(|p| p.to_string()).collect(),
+            suppliers,
         }
     }
 }

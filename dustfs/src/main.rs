@@ -1,1 +1,428 @@
-fn main() {}
+//! dustfs: a decentralized, encrypted, self-repairing backup filesystem.
+//!
+//! This binary is the whole user interface: identity (`init`), the node (`serve`), the mount
+//! (`mount`, with the FUSE adapter in [`fuse`]), talking to a running mount (`sync`,
+//! `status`, `cache drop`), a local test network (`testnet`) and `quickstart`.
+
+mod config;
+mod control;
+mod daemon;
+mod fuse;
+mod home;
+mod testnet;
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use dustfs_core::fsm;
+use dustfs_core::keys::MasterSecret;
+
+use crate::config::Config;
+use crate::control::{ControlReply, ControlRequest};
+use crate::home::Home;
+
+/// Environment variable set for the background mount process: it reports readiness on stdout.
+const NOTIFY_ENV: &str = "DUSTFS_NOTIFY_READY";
+
+#[derive(Parser)]
+#[command(
+    name = "dustfs",
+    version,
+    about = "A decentralized, encrypted, self-repairing backup filesystem"
+)]
+struct Cli {
+    /// Home directory (identity, configuration, local state). Default: $DUSTFS_HOME, else the
+    /// XDG data directory.
+    #[arg(long, global = true)]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new identity and configuration; prints the paper key once, as the last line.
+    Init {
+        /// A peer to join through: a multiaddr with /p2p/<id>, or a file listing them.
+        #[arg(long)]
+        bootstrap: Vec<String>,
+        /// Address to listen on (repeatable). Default: all interfaces, ephemeral TCP and QUIC ports.
+        #[arg(long)]
+        listen: Vec<String>,
+    },
+    /// Run a node (supplier + DHT) in the foreground.
+    Serve,
+    /// Mount the filesystem; returns once the mount is ready.
+    Mount {
+        /// Where to mount (an existing, empty directory).
+        mountpoint: PathBuf,
+        /// Stay in the foreground instead of running in the background.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Wait until everything written so far is durable on suppliers.
+    Sync,
+    /// Show peers, suppliers, the upload queue and blocks by health.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the local cache.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
+    /// A local network of supplier nodes on 127.0.0.1.
+    Testnet {
+        #[command(subcommand)]
+        cmd: TestnetCmd,
+    },
+    /// Start a 6-node testnet, create an identity and mount it: try dustfs in one command.
+    Quickstart {
+        /// Where to put everything.
+        #[arg(long, default_value = "/tmp/dustfs-quickstart")]
+        dir: PathBuf,
+    },
+    /// Print a state machine's transition table (or Graphviz drawing) from the code.
+    Fsm {
+        /// Print Graphviz dot instead of a table.
+        #[arg(long)]
+        dot: bool,
+        /// The machine: block.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Forget cached data that is durable on suppliers.
+    Drop,
+}
+
+#[derive(Subcommand)]
+enum TestnetCmd {
+    /// Start N nodes in the background.
+    Up {
+        /// Directory for the nodes' homes, PIDs and the bootstrap file.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many nodes.
+        #[arg(long, default_value_t = 6)]
+        nodes: usize,
+        /// Quota each node grants each customer, in MiB.
+        #[arg(long)]
+        quota_mb: Option<u64>,
+    },
+    /// Stop the nodes.
+    Down {
+        /// The testnet's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_kad=error")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    if let Err(e) = run(cli) {
+        eprintln!("dustfs: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init { bootstrap, listen } => {
+            let home = Home::resolve(cli.home)?;
+            init(&home, bootstrap, listen)
+        }
+        Cmd::Serve => daemon::serve(&Home::resolve(cli.home)?),
+        Cmd::Mount {
+            mountpoint,
+            foreground,
+        } => mount(&Home::resolve(cli.home)?, &mountpoint, foreground),
+        Cmd::Sync => sync(&Home::resolve(cli.home)?),
+        Cmd::Status { json } => status(&Home::resolve(cli.home)?, json),
+        Cmd::Cache {
+            cmd: CacheCmd::Drop,
+        } => {
+            let home = Home::resolve(cli.home)?;
+            let mut dropped = 0;
+            control::call(
+                &home.path("control.sock"),
+                &ControlRequest::CacheDrop,
+                |r| {
+                    if let ControlReply::Done { bytes } = r {
+                        dropped = bytes;
+                    }
+                    Ok(false)
+                },
+            )?;
+            println!(
+                "dropped {} MiB of cached data; further reads come from suppliers",
+                dropped >> 20
+            );
+            Ok(())
+        }
+        Cmd::Testnet {
+            cmd:
+                TestnetCmd::Up {
+                    dir,
+                    nodes,
+                    quota_mb,
+                },
+        } => testnet::up(&dir, nodes, quota_mb),
+        Cmd::Testnet {
+            cmd: TestnetCmd::Down { dir },
+        } => testnet::down(&dir),
+        Cmd::Quickstart { dir } => quickstart(&dir),
+        Cmd::Fsm { dot, name } => {
+            use fsm::block::BlockMachine;
+            match name.as_str() {
+                "block" => print!(
+                    "{}",
+                    if dot {
+                        fsm::dot::<BlockMachine>()
+                    } else {
+                        fsm::table::<BlockMachine>()
+                    }
+                ),
+                other => bail!("unknown state machine {other:?}; known: block"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn absolute_bootstrap(entries: Vec<String>) -> Result<Vec<String>> {
+    entries
+        .into_iter()
+        .map(|b| {
+            if Path::new(&b).exists() {
+                Ok(std::fs::canonicalize(&b)?.to_string_lossy().into_owned())
+            } else if b.starts_with('/') && b.parse::<dustfs_net::Multiaddr>().is_ok() {
+                Ok(b)
+            } else {
+                bail!(
+                    "--bootstrap {b}: neither a multiaddr (/ip4/.../p2p/...) nor an existing file"
+                )
+            }
+        })
+        .collect()
+}
+
+fn init(home: &Home, bootstrap: Vec<String>, listen: Vec<String>) -> Result<()> {
+    let mut cfg = Config {
+        bootstrap: absolute_bootstrap(bootstrap)?,
+        ..Config::default()
+    };
+    if !listen.is_empty() {
+        cfg.listen = listen;
+    }
+    let secret = MasterSecret::generate();
+    home.init(&secret, &cfg)?;
+    let keys = secret.derive();
+    println!("created a dustfs identity in {}", home.dir.display());
+    println!("user id: {}", hex::encode(keys.public().as_bytes()));
+    println!(
+        "Write down this paper key and keep it safe. It is shown only now, and it alone restores everything:"
+    );
+    println!("{}", secret.paper_key());
+    Ok(())
+}
+
+fn mount(home: &Home, mountpoint: &Path, foreground: bool) -> Result<()> {
+    if foreground {
+        let notify = std::env::var_os(NOTIFY_ENV).is_some();
+        let mut ready = |r: Result<(), String>| {
+            if notify {
+                match r {
+                    Ok(()) => println!("READY"),
+                    Err(e) => println!("ERROR {e}"),
+                }
+            }
+        };
+        return daemon::run_mount(home, mountpoint, &mut ready);
+    }
+    // Check what we can before starting the background process, for a clear message.
+    daemon::check_mountpoint(mountpoint)?;
+    home.config()?;
+    let log_path = home.path("mount.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--home")
+        .arg(&home.dir)
+        .arg("mount")
+        .arg(mountpoint)
+        .arg("--foreground")
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the mount process")?;
+    let out = child
+        .stdout
+        .take()
+        .context("no pipe to the mount process")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    match line.trim() {
+        "READY" => {
+            println!(
+                "dustfs mounted at {} (pid {}, log {})",
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            Ok(())
+        }
+        l => {
+            let _ = child.wait();
+            match l.strip_prefix("ERROR ") {
+                Some(e) => bail!("{e}"),
+                None => bail!(
+                    "the mount process exited before the mount was ready; see {}",
+                    log_path.display()
+                ),
+            }
+        }
+    }
+}
+
+fn sync(home: &Home) -> Result<()> {
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} uploading {msg} [{bar:30}] {bytes}/{total_bytes}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut max = 0u64;
+    control::call(
+        &home.path("control.sock"),
+        &ControlRequest::Sync,
+        |r| match r {
+            ControlReply::Progress {
+                shards,
+                bytes,
+                suppliers,
+            } => {
+                max = max.max(bytes);
+                if let Some(b) = &bar {
+                    b.set_length(max);
+                    b.set_position(max - bytes);
+                    b.set_message(format!("{shards} shards to {suppliers} suppliers"));
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!("everything written so far is durable on suppliers");
+    Ok(())
+}
+
+fn status(home: &Home, json: bool) -> Result<()> {
+    let mut out = serde_json::Value::Null;
+    control::call(&home.path("control.sock"), &ControlRequest::Status, |r| {
+        if let ControlReply::Status(v) = r {
+            out = v;
+        }
+        Ok(false)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("node       {}", out["peer_id"].as_str().unwrap_or("?"));
+    println!(
+        "peers      {} connected, {} known",
+        out["peers"]["connected"], out["peers"]["known"]
+    );
+    println!(
+        "suppliers  {}",
+        out["suppliers"].as_array().map(Vec::len).unwrap_or(0)
+    );
+    println!(
+        "queue      {} shards, {} MiB waiting for upload",
+        out["upload_queue"]["shards"],
+        out["upload_queue"]["bytes"].as_u64().unwrap_or(0) >> 20
+    );
+    print!("blocks    ");
+    if let Some(b) = out["blocks"].as_object() {
+        for (k, v) in b {
+            if v.as_u64().unwrap_or(0) > 0 {
+                print!(" {k}={v}");
+            }
+        }
+    }
+    println!();
+    println!(
+        "cache      {} MiB",
+        out["cache_bytes"].as_u64().unwrap_or(0) >> 20
+    );
+    Ok(())
+}
+
+fn quickstart(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let net = dir.join("testnet");
+    let home = Home {
+        dir: dir.join("home"),
+    };
+    let mnt = dir.join("mnt");
+    testnet::up(&net, 6, None)?;
+    if !home.initialized() {
+        init(
+            &home,
+            vec![net.join("bootstrap").to_string_lossy().into_owned()],
+            testnet::loopback_listen(),
+        )?;
+    } else {
+        println!("using the existing identity in {}", home.dir.display());
+    }
+    std::fs::create_dir_all(&mnt)?;
+    mount(&home, &mnt, false)?;
+    println!();
+    println!(
+        "dustfs is mounted at {}. Copy files in, then make them durable with:",
+        mnt.display()
+    );
+    println!("  dustfs --home {} sync", home.dir.display());
+    println!("  dustfs --home {} status", home.dir.display());
+    println!("Stop everything with:");
+    println!(
+        "  umount {} && dustfs testnet down --dir {}",
+        mnt.display(),
+        net.display()
+    );
+    Ok(())
+}

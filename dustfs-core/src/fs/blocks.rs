@@ -516,15 +516,17 @@ impl Engine {
             *blocks.entry("open".into()).or_default() += 1;
         }
         let (queued_shards, queued_bytes) = self.pending()?;
+        let cache_bytes = lock(&self.cache).bytes;
+        let suppliers = self.store.suppliers();
         Ok(EngineStatus {
             blocks,
             queued_shards,
             queued_bytes,
             dirty_bytes: dirty,
             open_block_bytes: open_bytes,
-            cache_bytes: lock(&self.cache).bytes,
+            cache_bytes,
             corrupt_shards: self.corrupt_shards.load(Ordering::Relaxed),
-            suppliers: self.store.suppliers(),
+            suppliers,
         })
     }
 
@@ -547,6 +549,7 @@ impl Engine {
         lock(&self.chunk_cache).clear();
         self.db
             .compact_range_cf(&self.cf(cf::CACHE), None::<&[u8]>, None::<&[u8]>);
-        Ok(before - lock(&self.cache).bytes)
+        let after = lock(&self.cache).bytes;
+        Ok(before.saturating_sub(after))
     }
 }

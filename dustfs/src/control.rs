@@ -1,0 +1,194 @@
+//! The control socket of a running mount (`HOME/control.sock`): `dustfs status`, `sync` and
+//! `cache drop` talk to the mount process through it, one JSON object per line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use dustfs_core::fs::Engine;
+use dustfs_net::host::Node;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+/// A request on the control socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// The node's and the engine's state.
+    Status,
+    /// Commit and upload everything; progress lines follow until `done`.
+    Sync,
+    /// Forget cached blocks that are stored on suppliers.
+    CacheDrop,
+}
+
+/// One line of an answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlReply {
+    /// Status as JSON.
+    Status(serde_json::Value),
+    /// Sync progress: shards and bytes still queued.
+    Progress {
+        /// shards queued
+        shards: u64,
+        /// bytes queued
+        bytes: u64,
+        /// suppliers known
+        suppliers: usize,
+    },
+    /// The request finished.
+    Done {
+        /// bytes affected, where it applies
+        bytes: u64,
+    },
+    /// The request failed.
+    Error(String),
+}
+
+/// Serves the control socket until the runtime stops.
+pub async fn serve(path: std::path::PathBuf, engine: Arc<Engine>, node: Node) -> Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let engine = engine.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, engine, node).await {
+                debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &ControlReply) -> Result<()> {
+    let mut line = serde_json::to_vec(r)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    Ok(())
+}
+
+/// The status object `dustfs status --json` prints.
+pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
+    let e = engine.status()?;
+    let n = node.status();
+    Ok(serde_json::json!({
+        "peer_id": n.peer_id,
+        "listen": n.listen,
+        "peers": { "connected": n.connected, "known": n.known },
+        "suppliers": n.suppliers,
+        "upload_queue": { "shards": e.queued_shards, "bytes": e.queued_bytes },
+        "blocks": e.blocks,
+        "dirty_bytes": e.dirty_bytes,
+        "open_block_bytes": e.open_block_bytes,
+        "cache_bytes": e.cache_bytes,
+        "corrupt_shards_detected": e.corrupt_shards,
+        "redundancy": { "k": engine.config().redundancy.k, "m": engine.config().redundancy.m },
+    }))
+}
+
+async fn handle(stream: tokio::net::UnixStream, engine: Arc<Engine>, node: Node) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
+    if line.len() > 4096 {
+        return send(&mut w, &ControlReply::Error("request too long".into())).await;
+    }
+    let req: ControlRequest = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => return send(&mut w, &ControlReply::Error(format!("bad request: {e}"))).await,
+    };
+    match req {
+        ControlRequest::Status => {
+            let e = engine.clone();
+            let n = node.clone();
+            let v = tokio::task::spawn_blocking(move || status_json(&e, &n)).await?;
+            match v {
+                Ok(v) => send(&mut w, &ControlReply::Status(v)).await,
+                Err(e) => send(&mut w, &ControlReply::Error(e.to_string())).await,
+            }
+        }
+        ControlRequest::CacheDrop => {
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || e.cache_drop()).await? {
+                Ok(bytes) => send(&mut w, &ControlReply::Done { bytes }).await,
+                Err(e) => send(&mut w, &ControlReply::Error(e.to_string())).await,
+            }
+        }
+        ControlRequest::Sync => {
+            let e = engine.clone();
+            if let Err(err) = tokio::task::spawn_blocking(move || e.seal_all()).await? {
+                return send(&mut w, &ControlReply::Error(err.to_string())).await;
+            }
+            loop {
+                let e = engine.clone();
+                let (shards, bytes) = match tokio::task::spawn_blocking(move || e.pending()).await?
+                {
+                    Ok(p) => p,
+                    Err(err) => return send(&mut w, &ControlReply::Error(err.to_string())).await,
+                };
+                if shards == 0 {
+                    return send(&mut w, &ControlReply::Done { bytes: 0 }).await;
+                }
+                let suppliers = node.suppliers().len();
+                if send(
+                    &mut w,
+                    &ControlReply::Progress {
+                        shards,
+                        bytes,
+                        suppliers,
+                    },
+                )
+                .await
+                .is_err()
+                {
+                    warn!("sync client went away; uploads continue in the background");
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Client side: sends a request and calls `on_reply` for each answer line until done.
+pub fn call(
+    sock: &Path,
+    req: &ControlRequest,
+    mut on_reply: impl FnMut(ControlReply) -> Result<bool>,
+) -> Result<()> {
+    let mut s = match UnixStream::connect(sock) {
+        Ok(s) => s,
+        Err(_) => bail!(
+            "no dustfs mount is running for this home (no answer on {}); start one with `dustfs mount MOUNTPOINT`",
+            sock.display()
+        ),
+    };
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut r = BufReader::new(s);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        if r.read_line(&mut buf)? == 0 {
+            bail!("the mount process closed the control connection early");
+        }
+        let reply: ControlReply =
+            serde_json::from_str(buf.trim()).context("bad reply from the mount process")?;
+        if let ControlReply::Error(e) = reply {
+            bail!("{e}");
+        }
+        if !on_reply(reply)? {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Long-running processes: `dustfs serve` (a supplier node) and the mount process (node,
+//! engine, uploader, control socket and FUSE session in one process).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dustfs_core::erasure::Redundancy;
+use dustfs_core::fs::{Engine, EngineConfig};
+use dustfs_net::host::{Node, NodeConfig};
+use dustfs_net::store::NetStore;
+use dustfs_net::supplier::ShardDir;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::home::Home;
+
+/// A tokio runtime for the network side (two workers: this machine class has two cores and
+/// the FUSE and upload threads need them too).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Starts the node of a home (always a supplier too: every peer is client and server).
+pub async fn start_node(home: &Home, cfg: &Config) -> Result<Node> {
+    let dir = Arc::new(
+        ShardDir::open(&home.path("shards"), cfg.supplier.quota_mb << 20)
+            .context("opening the shard store")?,
+    );
+    let listen = cfg
+        .listen
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("listen address {a}")))
+        .collect::<Result<Vec<_>>>()?;
+    let node = Node::start(NodeConfig {
+        keypair: home.node_key()?,
+        listen,
+        bootstrap: home.bootstrap(cfg)?,
+        supplier: Some(dir),
+    })
+    .await?;
+    let addrs = node
+        .wait_listening(cfg.listen.len(), Duration::from_secs(10))
+        .await;
+    if addrs.is_empty() {
+        bail!("the node could not listen on any of {:?}", cfg.listen);
+    }
+    // Publish our full addresses for testnets and for people to hand out as bootstrap.
+    let text: String = addrs
+        .iter()
+        .map(|a| format!("{a}/p2p/{}\n", node.peer_id))
+        .collect();
+    let tmp = home.path("addrs.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, home.path("addrs"))?;
+    Ok(node)
+}
+
+/// `dustfs serve`: a node in the foreground until SIGINT or SIGTERM.
+pub fn serve(home: &Home) -> Result<()> {
+    let cfg = home.config()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let node = start_node(home, &cfg).await?;
+        info!(peer = %node.peer_id, "serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("stopping");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let _ = std::fs::remove_file(home.path("addrs"));
+    Ok(())
+}
+
+/// Checks that a mountpoint exists, is an empty directory and is not mounted already.
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            anyhow::anyhow!("mountpoint {} does not exist", p.display())
+        }
+        _ => anyhow::anyhow!("mountpoint {}: {e}", p.display()),
+    })?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", p.display());
+    }
+    let abs = std::fs::canonicalize(p)?;
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let target = abs.to_string_lossy();
+        if info.lines().any(|l| l.split(' ').nth(4) == Some(&target)) {
+            bail!("{} is already a mountpoint (busy)", abs.display());
+        }
+    }
+    if std::fs::read_dir(&abs)?.next().is_some() {
+        bail!("mountpoint {} is not empty", abs.display());
+    }
+    Ok(abs)
+}
+
+fn engine_config(cfg: &Config) -> EngineConfig {
+    let redundancy = Redundancy {
+        k: cfg.storage.data_shards,
+        m: cfg.storage.parity_shards,
+    };
+    EngineConfig {
+        redundancy,
+        block_size: redundancy.k as usize * (1 << 20),
+        durable_shards: cfg.storage.durable_shards,
+        cache_bytes: cfg.storage.cache_mb << 20,
+        ..EngineConfig::default()
+    }
+}
+
+fn open_engine(home: &Home, cfg: &Config, store: Arc<NetStore>) -> Result<Arc<Engine>> {
+    let keys = home.user_secret()?.derive();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Engine::open(
+            &home.path("db"),
+            keys.clone(),
+            engine_config(cfg),
+            store.clone(),
+        ) {
+            Ok(e) => return Ok(e),
+            // A previous mount of this home may still be uploading after its unmount.
+            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                warn!("the database is still held by an earlier mount process; waiting");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e).context("opening the local database"),
+        }
+    }
+}
+
+/// The mount process: runs until the filesystem is unmounted. `ready` is called once the
+/// mount is in place (or with the error that prevented it).
+pub fn run_mount(
+    home: &Home,
+    mountpoint: &Path,
+    ready: &mut dyn FnMut(Result<(), String>),
+) -> Result<()> {
+    let setup = (|| {
+        let mp = check_mountpoint(mountpoint)?;
+        let cfg = home.config()?;
+        let rt = runtime()?;
+        let node = rt.block_on(start_node(home, &cfg))?;
+        let key = home.user_secret()?.derive().signing.clone();
+        let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
+        let engine = open_engine(home, &cfg, store)?;
+        Ok::<_, anyhow::Error>((mp, cfg, rt, node, engine))
+    })();
+    let (mp, cfg, rt, node, engine) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            ready(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    std::fs::write(home.path("mount.pid"), format!("{}\n", std::process::id()))?;
+
+    // The uploader: drains the upload queue in the background.
+    let stop = Arc::new(AtomicBool::new(false));
+    let uploader = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("uploader".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match engine.upload_round() {
+                        Ok(0) => engine.wait_progress(Duration::from_millis(500)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %e, "upload round failed");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            })?
+    };
+    let sock = home.path("control.sock");
+    rt.spawn(crate::control::serve(
+        sock.clone(),
+        engine.clone(),
+        node.clone(),
+    ));
+    // SIGTERM / SIGINT unmount cleanly, which ends the FUSE session below.
+    {
+        let mp = mp.clone();
+        rt.spawn(async move {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            info!("signal received; unmounting");
+            let _ = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("umount").arg(&mp).status()
+            })
+            .await;
+        });
+    }
+
+    let options = vec![
+        fuser::MountOption::FSName(format!("dustfs:{}", home.dir.display())),
+        fuser::MountOption::Subtype("dustfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::AllowOther,
+    ];
+    let mut session =
+        match fuser::Session::new(crate::fuse::DustFs::new(engine.clone()), &mp, &options) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!(
+                    "mounting {} failed: {e} (is /dev/fuse available and are you root?)",
+                    mp.display()
+                );
+                ready(Err(msg.clone()));
+                stop.store(true, Ordering::SeqCst);
+                bail!(msg);
+            }
+        };
+    info!(mountpoint = %mp.display(), "mounted");
+    ready(Ok(()));
+    let result = session.run();
+    drop(session);
+    info!("unmounted; flushing");
+    if let Err(e) = engine.seal_all() {
+        warn!(error = %e, "final commit failed; data stays in the local queue");
+    }
+    let deadline = Instant::now() + Duration::from_secs(cfg.storage.unmount_drain_secs);
+    while Instant::now() < deadline {
+        match engine.pending() {
+            Ok((0, _)) => break,
+            Ok((n, _)) => {
+                info!(shards = n, "waiting for uploads before exit");
+                engine.wait_progress(Duration::from_millis(500));
+            }
+            Err(_) => break,
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = uploader.join();
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(home.path("mount.pid"));
+    drop(engine);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result.context("FUSE session")?;
+    let _ = std::io::stdout().flush();
+    Ok(())
+}

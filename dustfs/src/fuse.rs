@@ -1,0 +1,613 @@
+//! The FUSE adapter: translates kernel requests into [`Engine`] calls and [`FsError`]s into
+//! errno values. No filesystem logic lives here.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dustfs_core::fs::{Engine, FsError, Inode, Kind, SetAttr, Ts};
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow,
+};
+use tracing::warn;
+
+/// How long the kernel may cache attributes and entries. Short, so that link counts and
+/// ctimes changed through another name are seen promptly.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest read/write request (the kernel's cap with max_pages = 256).
+pub const MAX_REQUEST: u32 = 1 << 20;
+/// Block size reported to stat.
+const BLKSIZE: u32 = 1 << 20;
+
+/// The errno for each engine error: one exhaustive match.
+pub fn errno(e: &FsError) -> i32 {
+    match e {
+        FsError::NotFound => libc::ENOENT,
+        FsError::Exists => libc::EEXIST,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::NotEmpty => libc::ENOTEMPTY,
+        FsError::Invalid => libc::EINVAL,
+        FsError::NameTooLong => libc::ENAMETOOLONG,
+        FsError::NoAttr => libc::ENODATA,
+        FsError::Unavailable(_) | FsError::Corrupt(_) | FsError::Db(_) | FsError::Erasure(_) => {
+            libc::EIO
+        }
+        _ => libc::EIO,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn attr(i: &Inode) -> FileAttr {
+    FileAttr {
+        ino: i.ino,
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: i.atime.into(),
+        mtime: i.mtime.into(),
+        ctime: i.ctime.into(),
+        crtime: i.crtime.into(),
+        kind: file_type(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn ts(t: TimeOrNow) -> Ts {
+    match t {
+        TimeOrNow::SpecificTime(s) => Ts::from(s),
+        TimeOrNow::Now => Ts::from(SystemTime::now()),
+    }
+}
+
+/// The mounted filesystem.
+pub struct DustFs {
+    engine: Arc<Engine>,
+}
+
+impl DustFs {
+    /// Wraps an engine.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
+        match r {
+            Ok(i) => reply.entry(&TTL, &attr(&i), 0),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn empty(&self, op: &str, r: Result<(), FsError>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                if !matches!(
+                    e,
+                    FsError::NotFound | FsError::Exists | FsError::NoAttr | FsError::NotEmpty
+                ) {
+                    warn!(op, error = %e, "operation failed");
+                }
+                reply.error(errno(&e))
+            }
+        }
+    }
+}
+
+impl Filesystem for DustFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        if let Err(max) = config.set_max_write(MAX_REQUEST) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Unmount: commit dirty data and seal the open block so the daemon can upload it.
+        if let Err(e) = self.engine.seal_all() {
+            warn!(error = %e, "flushing at unmount failed; the data stays queued locally");
+        }
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.engine.lookup(parent, name), reply);
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.engine.get_inode(ino) {
+            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(ts),
+            mtime: mtime.map(ts),
+        };
+        match self.engine.setattr(ino, a) {
+            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.engine.readlink(ino) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let r = self.engine.create(
+            parent,
+            name,
+            kind,
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+            rdev,
+            None,
+        );
+        self.entry(r, reply);
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.engine.create(
+            parent,
+            name,
+            Kind::Dir,
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+            0,
+            None,
+        );
+        self.entry(r, reply);
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        self.empty("unlink", self.engine.unlink(parent, name), reply);
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        self.empty("rmdir", self.engine.rmdir(parent, name), reply);
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.engine.create(
+            parent,
+            link_name,
+            Kind::Symlink,
+            0o777,
+            req.uid(),
+            req.gid(),
+            0,
+            Some(target),
+        );
+        self.entry(r, reply);
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        self.empty(
+            "rename",
+            self.engine
+                .rename(parent, name, newparent, newname, noreplace, exchange),
+            reply,
+        );
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(self.engine.link(ino, newparent, newname), reply);
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.engine.opened(ino) {
+            Ok(_) => reply.opened(0, 0),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        if offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        match self.engine.read(ino, offset as u64, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => {
+                warn!(ino, offset, error = %e, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        if offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        match self.engine.write(ino, offset as u64, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => {
+                warn!(ino, offset, error = %e, "write failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        self.empty("flush", self.engine.flush(ino), reply);
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty("release", self.engine.released(ino), reply);
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty("fsync", self.engine.fsync(ino), reply);
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.engine.get_inode(ino) {
+            Ok(i) if i.kind == Kind::Dir => reply.opened(0, 0),
+            Ok(_) => reply.error(libc::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let start = offset.max(0) as usize;
+        match self.engine.readdir(ino, start, 512) {
+            Ok(entries) => {
+                for (n, e) in entries.iter().enumerate() {
+                    if reply.add(
+                        e.ino,
+                        (start + n + 1) as i64,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let start = offset.max(0) as usize;
+        match self.engine.readdir(ino, start, 256) {
+            Ok(entries) => {
+                for (n, e) in entries.iter().enumerate() {
+                    let Ok(i) = self.engine.get_inode(e.ino) else {
+                        continue;
+                    };
+                    if reply.add(
+                        e.ino,
+                        (start + n + 1) as i64,
+                        OsStr::from_bytes(&e.name),
+                        &TTL,
+                        &attr(&i),
+                        0,
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(
+            "fsyncdir",
+            self.engine.fsync(ino).or_else(|e| match e {
+                FsError::IsDir => Ok(()),
+                e => Err(e),
+            }),
+            reply,
+        );
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        match self.engine.stats() {
+            Ok(s) => {
+                let bsize = BLKSIZE as u64;
+                let blocks = s.total_bytes / bsize;
+                let free = s.total_bytes.saturating_sub(s.used_bytes) / bsize;
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    u32::MAX as u64,
+                    u32::MAX as u64 - s.inodes,
+                    BLKSIZE,
+                    255,
+                    BLKSIZE,
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        self.empty(
+            "setxattr",
+            self.engine.setxattr(ino, name, value, create, replace),
+            reply,
+        );
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        match self.engine.getxattr(ino, name) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        match self.engine.listxattr(ino) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                xattr_reply(&buf, size, reply)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        self.empty("removexattr", self.engine.removexattr(ino, name), reply);
+    }
+
+    fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions); only existence here.
+        self.empty("access", self.engine.get_inode(ino).map(|_| ()), reply);
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .engine
+            .create(
+                parent,
+                name,
+                Kind::File,
+                mode & !umask,
+                req.uid(),
+                req.gid(),
+                0,
+                None,
+            )
+            .and_then(|i| self.engine.opened(i.ino));
+        match r {
+            Ok(i) => reply.created(&TTL, &attr(&i), 0, 0, 0),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn xattr_reply(v: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_an_errno() {
+        assert_eq!(errno(&FsError::NotFound), libc::ENOENT);
+        assert_eq!(errno(&FsError::NotEmpty), libc::ENOTEMPTY);
+        assert_eq!(errno(&FsError::Unavailable("x".into())), libc::EIO);
+    }
+}
