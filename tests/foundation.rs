@@ -1,1 +1,295 @@
+//! Foundation suite: dustfs end to end, as a user runs it — a testnet of supplier processes on
+//! 127.0.0.1, a customer with a real kernel FUSE mount, `rsync`, `dustfs sync`, killed
+//! suppliers, corrupt shards, full quotas, and checksums compared at the end.
+//!
+//! Needs root and /dev/fuse (fails loudly without them).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+fn set_mtime(p: &Path, secs_ago: u64) {
+    let t = SystemTime::now() - Duration::from_secs(secs_ago);
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .expect("open")
+        .set_modified(t)
+        .expect("set mtime");
+}
+
+/// The source tree of the rsync test: empty and tiny files up to 64 MiB, nested directories,
+/// symlinks (relative, dangling, to a directory), hard links and varied modes and mtimes.
+fn make_tree(src: &Path) {
+    std::fs::create_dir_all(src.join("a/b/c")).expect("mkdir");
+    std::fs::create_dir_all(src.join("private")).expect("mkdir");
+    std::fs::write(src.join("empty"), b"").expect("write");
+    std::fs::write(src.join("one-byte"), b"x").expect("write");
+    std::fs::write(src.join("a/b/c/deep.txt"), b"deep inside\n").expect("write");
+    for (name, len, seed) in [
+        ("a/1k.bin", 1000u64, 1u64),
+        ("a/b/100k.bin", 100_000, 2),
+        ("a/b/1m.bin", 1 << 20, 3),
+        ("a/5m-plus.bin", (5 << 20) + 3, 4),
+        ("big-64m.bin", 64 << 20, 5),
+        ("private/secret.bin", 300_000, 6),
+    ] {
+        write_random(&src.join(name), len, seed);
+    }
+    std::os::unix::fs::symlink("a/b/c/deep.txt", src.join("link-to-deep")).expect("symlink");
+    std::os::unix::fs::symlink("does/not/exist", src.join("dangling")).expect("symlink");
+    std::os::unix::fs::symlink("a", src.join("link-to-dir")).expect("symlink");
+    std::fs::hard_link(src.join("a/1k.bin"), src.join("hardlink-1k")).expect("link");
+    std::fs::hard_link(src.join("a/1k.bin"), src.join("a/b/hardlink-1k-2")).expect("link");
+    for (name, mode) in [
+        ("one-byte", 0o600),
+        ("a/1k.bin", 0o640),
+        ("a/b/100k.bin", 0o755),
+        ("empty", 0o444),
+    ] {
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    }
+    for (i, name) in ["empty", "one-byte", "a/b/1m.bin", "big-64m.bin"]
+        .iter()
+        .enumerate()
+    {
+        set_mtime(&src.join(name), 3600 * (i as u64 + 1));
+    }
+    std::fs::set_permissions(src.join("private"), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+}
+
+#[test]
+fn rsync_tree_survives_remount_two_dead_suppliers_and_a_cold_cache() {
+    require_root_and_fuse();
+    let root = scratch("rsync");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    let src = root.join("src");
+    make_tree(&src);
+    c.mount();
+    let mut rsync = Command::new("rsync");
+    rsync
+        .arg("-aH")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", c.mnt.display()));
+    ok(&mut rsync);
+    c.sync();
+    let st = c.status();
+    assert_eq!(st["upload_queue"]["shards"], 0, "{st}");
+    assert!(st["blocks"]["healthy"].as_u64().unwrap_or(0) >= 17, "{st}");
+    c.umount();
+    net.kill(1);
+    net.kill(2);
+    c.mount();
+    c.cache_drop();
+    let expected = manifest(&src);
+    let got = manifest(&c.mnt);
+    assert_same_tree(&expected, &got);
+    // The cache really was cold: the bytes came back from the four live suppliers.
+    assert!(c.status()["cache_bytes"].as_u64().unwrap_or(0) >= 64 << 20);
+    c.umount();
+}
+
+#[test]
+fn suppliers_hold_no_plaintext_and_identical_data_is_stored_once() {
+    require_root_and_fuse();
+    let root = scratch("plain");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let marker = b"DUSTFS-PLAINTEXT-MARKER-4711";
+    std::fs::write(c.mnt.join("marked.txt"), marker.repeat(100_000)).expect("write");
+    std::fs::write(c.mnt.join("tiny.txt"), marker).expect("write");
+    c.sync();
+    let files = net.shard_files();
+    assert!(!files.is_empty(), "suppliers hold no shards at all");
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read shard");
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "plaintext found in {}",
+            f.display()
+        );
+    }
+
+    // Dedup: a 64 MiB file copied under two names is stored once.
+    let data = root.join("64m.bin");
+    write_random(&data, 64 << 20, 77);
+    let before = net.stored_bytes();
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("copy-one")));
+    c.sync();
+    let one = net.stored_bytes() - before;
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("copy-two")));
+    c.sync();
+    let two = net.stored_bytes() - before;
+    let expected = (64u64 << 20) * 6 / 4;
+    assert!(
+        one >= expected && one < expected + expected / 20,
+        "one copy stored {one} bytes, expected about {expected}"
+    );
+    assert!(
+        two - one < (1 << 20),
+        "the second copy added {} bytes",
+        two - one
+    );
+    assert_eq!(sha256(&c.mnt.join("copy-two")), sha256(&data));
+    c.umount();
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_loses_nothing() {
+    require_root_and_fuse();
+    let root = scratch("bad");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+
+    // No mount running.
+    let e = fails(c.cmd().arg("status"));
+    assert!(e.contains("no dustfs mount is running"), "{e}");
+    // A second init refuses to overwrite the identity.
+    let e = fails(c.cmd().args(["init", "--bootstrap"]).arg(net.bootstrap()));
+    assert!(e.contains("already holds a dustfs identity"), "{e}");
+    // Mountpoints that do not exist or are not empty.
+    let e = fails(c.cmd().arg("mount").arg(root.join("nowhere")));
+    assert!(e.contains("does not exist"), "{e}");
+    let full = root.join("full");
+    std::fs::create_dir_all(&full).expect("mkdir");
+    std::fs::write(full.join("x"), b"x").expect("write");
+    let e = fails(c.cmd().arg("mount").arg(&full));
+    assert!(e.contains("not empty"), "{e}");
+    // An unknown configuration key is named.
+    let cfg = c.home.join("config.toml");
+    let good = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, format!("{good}\nbogus_key = 1\n")).expect("write");
+    let e = fails(c.cmd().arg("mount").arg(&c.mnt));
+    assert!(e.contains("bogus_key"), "{e}");
+    std::fs::write(&cfg, good).expect("write");
+
+    // A supplier that returns corrupt shards: detected, the block rebuilt from the others.
+    c.mount();
+    let data = root.join("data.bin");
+    write_random(&data, 9 << 20, 9);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    c.cache_drop();
+    let mut flipped = 0;
+    for f in net
+        .shard_files()
+        .into_iter()
+        .filter(|f| f.starts_with(net.node_dir(3)))
+    {
+        let mut b = std::fs::read(&f).expect("read");
+        let n = b.len();
+        for i in (100..n).step_by(4096) {
+            b[i] ^= 0xA5;
+        }
+        std::fs::write(&f, b).expect("write");
+        flipped += 1;
+    }
+    assert!(flipped > 0, "supplier 3 held no shards to corrupt");
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    let st = c.status();
+    assert!(
+        st["corrupt_shards_detected"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
+    c.umount();
+}
+
+#[test]
+fn a_supplier_over_quota_is_passed_over_for_another() {
+    require_root_and_fuse();
+    let root = scratch("quota");
+    let net = Testnet::up(&root, 6);
+    // A seventh supplier that grants each customer only 1 MiB.
+    let small = root.join("small-node");
+    ok(dustfs()
+        .arg("--home")
+        .arg(&small)
+        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
+        .arg(net.bootstrap()));
+    let cfg = small.join("config.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("quota_mb = 10240", "quota_mb = 1");
+    std::fs::write(&cfg, text).expect("write");
+    let mut node = dustfs()
+        .arg("--home")
+        .arg(&small)
+        .arg("serve")
+        .spawn()
+        .expect("serve");
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let start = std::time::Instant::now();
+    while c.status()["suppliers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+        < 7
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the small supplier was never discovered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let data = root.join("data.bin");
+    write_random(&data, 24 << 20, 11);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    let st = c.status();
+    assert_eq!(st["upload_queue"]["shards"], 0, "{st}");
+    assert_eq!(st["blocks"]["healthy"].as_u64(), Some(6), "{st}");
+    assert!(
+        dir_bytes(&small.join("shards")) <= 1 << 20,
+        "the small supplier went over its quota"
+    );
+    assert!(
+        c.log().contains("supplier refused a shard"),
+        "the quota was never hit"
+    );
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.umount();
+    let _ = node.kill();
+    let _ = node.wait();
+}
+
+#[test]
+fn memory_stays_bounded_while_copying_2_gib() {
+    require_root_and_fuse();
+    let root = scratch("mem");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let pid = c.mount_pid().expect("mount pid");
+    write_random(&c.mnt.join("two-gib.bin"), 2 << 30, 21);
+    c.sync();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    eprintln!(
+        "peak RSS of the mount process while copying 2 GiB: {} MiB",
+        hwm_kib / 1024
+    );
+    assert!(
+        hwm_kib < 512 * 1024,
+        "peak RSS {} MiB exceeds 512 MiB",
+        hwm_kib / 1024
+    );
+    c.umount();
+    drop(net);
+}

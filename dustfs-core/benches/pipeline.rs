@@ -1,1 +1,84 @@
-fn main() {}
+//! Pipeline throughput (chunk + id + seal + erasure-encode) next to its raw primitives, in
+//! bytes per second on one core. Run: `cargo bench -p dustfs-core --bench pipeline`.
+#![allow(missing_docs)]
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dustfs_core::chunk::{self, ChunkId};
+use dustfs_core::erasure::{self, Redundancy};
+use dustfs_core::seal;
+use rand::{RngCore, SeedableRng};
+
+const LEN: usize = 64 << 20;
+
+fn data() -> Vec<u8> {
+    let mut v = vec![0u8; LEN];
+    rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut v);
+    v
+}
+
+fn primitives(c: &mut Criterion) {
+    let d = data();
+    let mut g = c.benchmark_group("primitives");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    g.sample_size(10);
+    g.bench_function("memcpy", |b| b.iter(|| d.clone()));
+    g.bench_function("blake3_keyed", |b| {
+        b.iter(|| blake3::keyed_hash(&[1; 32], &d))
+    });
+    g.bench_function("fastcdc", |b| b.iter(|| chunk::cut(&d)));
+    g.bench_function("xchacha20poly1305", |b| {
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new((&[2u8; 32]).into());
+        let nonce = chacha20poly1305::XNonce::from_slice(&[3u8; 24]);
+        b.iter(|| {
+            d.chunks(1 << 20)
+                .map(|c| cipher.encrypt(nonce, c).map(|v| v.len()).unwrap_or(0))
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("reed_solomon_4+2", |b| {
+        b.iter(|| {
+            d.chunks(4 << 20)
+                .map(|blk| {
+                    erasure::encode(Redundancy::default(), blk)
+                        .map(|s| s.len())
+                        .unwrap_or(0)
+                })
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let d = data();
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    g.sample_size(10);
+    g.bench_function("chunk+id+seal+encode", |b| {
+        b.iter(|| {
+            let mut block = Vec::with_capacity(4 << 20);
+            let mut shards = 0;
+            for (o, l) in chunk::cut(&d) {
+                let p = &d[o..o + l];
+                let id = ChunkId::of(&[1; 32], p);
+                let s = seal::seal(&[2; 32], &id, p);
+                if block.len() + s.len() > 4 << 20 && !block.is_empty() {
+                    shards += erasure::encode(Redundancy::default(), &block)
+                        .map(|s| s.len())
+                        .unwrap_or(0);
+                    block.clear();
+                }
+                block.extend_from_slice(&s);
+            }
+            shards
+                + erasure::encode(Redundancy::default(), &block)
+                    .map(|s| s.len())
+                    .unwrap_or(0)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, primitives, pipeline);
+criterion_main!(benches);

@@ -43,6 +43,8 @@ pub mod cf {
     pub const CACHE: &str = "cache";
     /// Named counters and settings.
     pub const META: &str = "meta";
+    /// Families whose values are large byte strings.
+    pub const BULK: &[&str] = &[DIRTY, OPEN, OUTBOX, CACHE];
     /// All of them, in creation order.
     pub const ALL: &[&str] = &[
         INODES, DIRENTS, EXTENTS, DIRTY, XATTRS, CHUNKS, BLOCKS, OPEN, OUTBOX, CACHE, META,

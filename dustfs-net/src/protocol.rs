@@ -71,6 +71,7 @@ pub struct Envelope {
     /// The signed fields.
     pub signed: Signed,
     /// Ed25519 signature (64 bytes) over the domain-separated encoding of `signed`.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -82,6 +83,7 @@ pub enum Request {
         /// Signed `Op::Store`.
         env: Envelope,
         /// The shard's bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Fetch a shard or a byte range of it (shard ids are unguessable and contents encrypted,
@@ -147,7 +149,7 @@ pub enum Response {
     /// The shard is durable on the supplier's disk.
     Stored,
     /// Shard bytes.
-    Shard(Vec<u8>),
+    Shard(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Deleted (or was not there).
     Deleted,
     /// The customer's shard ids.

@@ -508,9 +508,11 @@ impl Engine {
             let rec: BlockRecord = db::decode(cf::BLOCKS, &v)?;
             *blocks.entry(rec.state.name().to_string()).or_default() += 1;
         }
-        let (dirty, open_bytes) = {
-            let st = lock(&self.state);
-            (st.dirty.values().sum(), st.open.buf.len() as u64)
+        // Writers may hold the state lock while they wait for uploads (backpressure); status
+        // must still answer then, so it does not wait for the lock.
+        let (dirty, open_bytes) = match self.state.try_lock() {
+            Ok(st) => (st.dirty.values().sum(), st.open.buf.len() as u64),
+            Err(_) => (0, 0),
         };
         if open_bytes > 0 {
             *blocks.entry("open".into()).or_default() += 1;

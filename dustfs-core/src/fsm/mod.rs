@@ -33,3 +33,21 @@ pub fn dot<M: Machine>() -> String {
     out.push_str("}\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The drawings in `docs/fsm/` are generated from the code (`dustfs fsm --dot NAME`);
+    /// this fails when they are out of date.
+    #[test]
+    fn the_drawings_in_docs_are_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/fsm/block.dot");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            on_disk,
+            dot::<block::BlockMachine>(),
+            "regenerate with: dustfs fsm --dot block > docs/fsm/block.dot"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Side-by-side throughput, one run: direct disk, bindfs (FUSE passthrough) and dustfs on a
+# local 6-node testnet (4+2). Prints MB/s, files/s, and dustfs's ratio to bindfs.
+# Usage: scripts/bench.sh [SIZE_MIB (512)] [SMALL_FILES (5000)]   (root; builds release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${1:-512}
+NFILES=${2:-5000}
+bash scripts/install-deps.sh
+cargo build --release -p dustfs >/dev/null
+B=$PWD/target/release/dustfs
+W=$(mktemp -d /tmp/dustfs-bench.XXXXXX)
+cleanup() {
+  umount "$W/mnt" 2>/dev/null || true
+  fusermount3 -u "$W/bind" 2>/dev/null || umount "$W/bind" 2>/dev/null || true
+  "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
+  sleep 1
+  rm -rf "$W"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+rate() { python3 -c "print(f'{$1/($3-$2):.1f}')"; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+mkdir -p "$W/src/small" "$W/direct" "$W/bindsrc" "$W/bind" "$W/mnt"
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/src/big"
+python3 - "$W/src/small" "$NFILES" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    sub = os.path.join(d, f"d{i // 500:02d}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"f{i:05d}"), "wb") as f:
+        f.write(os.urandom(10240))
+PY
+MB=$SIZE_MIB
+
+declare -A R
+bench_target() { # name dir sync-cmd cold-cmd
+  local name=$1 dir=$2 synccmd=$3 coldcmd=$4 t0 t1
+  t0=$(now); cp "$W/src/big" "$dir/big"; eval "$synccmd"; t1=$(now)
+  R[$name.write]=$(rate "$MB" "$t0" "$t1")
+  eval "$coldcmd"
+  t0=$(now); cat "$dir/big" > /dev/null; t1=$(now)
+  R[$name.cold]=$(rate "$MB" "$t0" "$t1")
+  t0=$(now); cat "$dir/big" > /dev/null; t1=$(now)
+  R[$name.warm]=$(rate "$MB" "$t0" "$t1")
+  t0=$(now); rsync -a "$W/src/small/" "$dir/small/"; eval "$synccmd"; t1=$(now)
+  R[$name.rsync]=$(rate "$NFILES" "$t0" "$t1")
+  eval "$coldcmd"
+  t0=$(now); find "$dir/small" -type f -exec cat {} + > /dev/null; t1=$(now)
+  R[$name.smallcold]=$(rate "$NFILES" "$t0" "$t1")
+}
+
+bench_target direct "$W/direct" "sync" "drop_caches"
+bindfs -o big_writes "$W/bindsrc" "$W/bind" 2>/dev/null || bindfs "$W/bindsrc" "$W/bind"
+bench_target bindfs "$W/bind" "sync" "drop_caches"
+
+"$B" testnet up --dir "$W/net" --nodes 6 >/dev/null
+"$B" --home "$W/home" init --bootstrap "$W/net/bootstrap" --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 >/dev/null
+"$B" --home "$W/home" mount "$W/mnt" >/dev/null
+for _ in $(seq 50); do
+  n=$("$B" --home "$W/home" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["suppliers"]))')
+  [ "$n" -ge 6 ] && break; sleep 0.2
+done
+bench_target dustfs "$W/mnt" "'$B' --home '$W/home' sync >/dev/null" "'$B' --home '$W/home' cache drop >/dev/null; drop_caches"
+
+rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+MOUNT_RSS=$(rss "$(cat "$W/home/mount.pid")")
+NODE_RSS=$(for i in 1 2 3 4 5 6; do rss "$(cat "$W/net/node-$i/pid")"; done | sort -n | tail -1)
+
+printf '\n%-34s %10s %10s %10s %8s\n' "workload" "direct" "bindfs" "dustfs" "d/bindfs"
+for w in write:"${SIZE_MIB} MiB write until durable (MB/s)" cold:"${SIZE_MIB} MiB cold read (MB/s)" warm:"${SIZE_MIB} MiB warm read (MB/s)" rsync:"rsync -a ${NFILES} files, durable (files/s)" smallcold:"cold read of ${NFILES} files (files/s)"; do
+  k=${w%%:*}; label=${w#*:}
+  ratio=$(python3 -c "print(f'{${R[dustfs.$k]}/${R[bindfs.$k]}:.2f}x')")
+  printf '%-34s %10s %10s %10s %8s\n' "$label" "${R[direct.$k]}" "${R[bindfs.$k]}" "${R[dustfs.$k]}" "$ratio"
+done
+echo "peak RSS: mount process ${MOUNT_RSS} MiB, largest supplier node ${NODE_RSS} MiB"
