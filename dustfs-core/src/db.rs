@@ -77,11 +77,28 @@ pub fn open(path: &Path) -> Result<Arc<Rdb>, DbError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
-    opts.set_write_buffer_size(32 << 20);
-    opts.set_max_total_wal_size(256 << 20);
-    let cfs = cf::ALL
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    opts.set_max_total_wal_size(128 << 20);
+    // Bounded memory: memtables are small (the defaults, 64 MiB per family, let a long copy
+    // hold hundreds of MiB of dirty data and shards in memtables), their total has a budget,
+    // and every family shares one 32 MiB block cache.
+    opts.set_db_write_buffer_size(48 << 20);
+    let cache = rocksdb::Cache::new_lru_cache(32 << 20)?;
+    let cfs = cf::ALL.iter().map(|name| {
+        let mut o = Options::default();
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        o.set_block_based_table_factory(&t);
+        o.set_write_buffer_size(if cf::BULK.contains(name) { 8 << 20 } else { 4 << 20 });
+        o.set_max_write_buffer_number(2);
+        if cf::BULK.contains(name) {
+            // Large values (dirty writes, sealed chunks, shards, cached blocks) go to blob
+            // files, so compaction does not rewrite megabytes of data again and again.
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(32 << 10);
+            o.set_enable_blob_gc(true);
+        }
+        ColumnFamilyDescriptor::new(*name, o)
+    });
     Ok(Arc::new(Rdb::open_cf_descriptors(&opts, path, cfs)?))
 }
 

@@ -89,6 +89,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "open_block_bytes": e.open_block_bytes,
         "cache_bytes": e.cache_bytes,
         "corrupt_shards_detected": e.corrupt_shards,
+        "db_memtable_bytes": e.db_memtables,
         "redundancy": { "k": engine.config().redundancy.k, "m": engine.config().redundancy.m },
     }))
 }

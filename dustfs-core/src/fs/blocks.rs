@@ -520,6 +520,11 @@ impl Engine {
         let (queued_shards, queued_bytes) = self.pending()?;
         let cache_bytes = lock(&self.cache).bytes;
         let suppliers = self.store.suppliers();
+        let mut db_memtables = BTreeMap::new();
+        for name in cf::ALL {
+            let v = self.db.property_int_value_cf(&self.cf(name), "rocksdb.size-all-mem-tables")?.unwrap_or(0);
+            db_memtables.insert(name.to_string(), v);
+        }
         Ok(EngineStatus {
             blocks,
             queued_shards,
@@ -529,6 +534,7 @@ impl Engine {
             cache_bytes,
             corrupt_shards: self.corrupt_shards.load(Ordering::Relaxed),
             suppliers,
+            db_memtables,
         })
     }
 

@@ -168,6 +168,8 @@ pub struct EngineStatus {
     pub corrupt_shards: u64,
     /// Suppliers the store offers.
     pub suppliers: Vec<SupplierId>,
+    /// Memory held by the local database's memtables, per column family.
+    pub db_memtables: std::collections::BTreeMap<String, u64>,
 }
 
 struct OpenBlock {
