@@ -88,7 +88,11 @@ pub fn open(path: &Path) -> Result<Arc<Rdb>, DbError> {
         let mut t = rocksdb::BlockBasedOptions::default();
         t.set_block_cache(&cache);
         o.set_block_based_table_factory(&t);
-        o.set_write_buffer_size(if cf::BULK.contains(name) { 8 << 20 } else { 4 << 20 });
+        o.set_write_buffer_size(if cf::BULK.contains(name) {
+            8 << 20
+        } else {
+            4 << 20
+        });
         o.set_max_write_buffer_number(2);
         if cf::BULK.contains(name) {
             // Large values (dirty writes, sealed chunks, shards, cached blocks) go to blob

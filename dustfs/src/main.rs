@@ -126,9 +126,13 @@ enum TestnetCmd {
     },
 }
 
+/// Logs go to stderr (the background mount's stderr is `HOME/mount.log`). fuser's unmount
+/// at session end reports EINVAL after an external `umount`, which is expected: silenced.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_kad=error")
+        tracing_subscriber::EnvFilter::new(
+            "info,libp2p=warn,libp2p_kad=error,fuser::mnt::fuse_pure=off",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

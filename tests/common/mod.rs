@@ -134,7 +134,7 @@ impl Testnet {
         for i in 1..=self.nodes {
             walk_files(&self.node_dir(i).join("shards"), &mut out);
         }
-        out.retain(|p| !p.components().any(|c| c.as_os_str() == "tmp"));
+        out.retain(|p| !in_staging(p));
         out
     }
 }
@@ -161,11 +161,23 @@ fn walk_files(d: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Whether a path is in a supplier's staging directory (`shards/tmp/`), not a stored shard.
+fn in_staging(p: &Path) -> bool {
+    let parent = p.parent();
+    parent
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "tmp")
+        && parent
+            .and_then(Path::parent)
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "shards")
+}
+
 pub fn dir_bytes(d: &Path) -> u64 {
     let mut v = Vec::new();
     walk_files(d, &mut v);
     v.iter()
-        .filter(|p| !p.components().any(|c| c.as_os_str() == "tmp"))
+        .filter(|p| !in_staging(p))
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum()
 }

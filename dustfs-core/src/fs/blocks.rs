@@ -522,7 +522,10 @@ impl Engine {
         let suppliers = self.store.suppliers();
         let mut db_memtables = BTreeMap::new();
         for name in cf::ALL {
-            let v = self.db.property_int_value_cf(&self.cf(name), "rocksdb.size-all-mem-tables")?.unwrap_or(0);
+            let v = self
+                .db
+                .property_int_value_cf(&self.cf(name), "rocksdb.size-all-mem-tables")?
+                .unwrap_or(0);
             db_memtables.insert(name.to_string(), v);
         }
         Ok(EngineStatus {
