@@ -1,6 +1,6 @@
 //! Pipeline throughput (chunk + id + seal + erasure-encode) next to its raw primitives, in
 //! bytes per second on one core. Run: `cargo bench -p dustfs-core --bench pipeline`.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -116,10 +116,10 @@ pub fn parse<'a>(
     if bytes.len() != HEADER_LEN + payload_len {
         return Err(ShardError::Length);
     }
-    if let Some(id) = expected {
-        if ShardId::of(bytes) != *id {
-            return Err(ShardError::Hash);
-        }
+    if let Some(id) = expected
+        && ShardId::of(bytes) != *id
+    {
+        return Err(ShardError::Hash);
     }
     let h = ShardHeader {
         k: bytes[5],

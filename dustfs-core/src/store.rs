@@ -151,10 +151,10 @@ impl ShardStore for MemStore {
             .and_then(|m| m.get(id))
             .cloned()
             .ok_or(StoreError::NotFound)?;
-        if g.corrupt.contains(supplier) {
-            if let Some(x) = b.last_mut() {
-                *x ^= 0x55;
-            }
+        if g.corrupt.contains(supplier)
+            && let Some(x) = b.last_mut()
+        {
+            *x ^= 0x55;
         }
         Ok(b)
     }

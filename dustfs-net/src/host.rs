@@ -248,15 +248,16 @@ impl Node {
     }
 }
 
+/// A response frame and the channel it answers.
+type Answer = (ResponseChannel<Vec<u8>>, Vec<u8>);
+
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
     supplier: Option<Arc<ShardDir>>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     shared: Arc<Mutex<Shared>>,
-    inbound: (
-        mpsc::Sender<(ResponseChannel<Vec<u8>>, Vec<u8>)>,
-        mpsc::Receiver<(ResponseChannel<Vec<u8>>, Vec<u8>)>,
-    ),
+    /// Answers computed off the event loop, on their way back to the swarm.
+    inbound: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
     discovered: bool,
 }
 
@@ -284,7 +285,7 @@ impl Task {
                 _ = discover.tick() => {
                     ticks += 1;
                     // Quickly at first, then every 20 s once suppliers are known.
-                    if !self.discovered || ticks % 10 == 0 {
+                    if !self.discovered || ticks.is_multiple_of(10) {
                         self.swarm.behaviour_mut().kad.get_providers(RecordKey::new(&SUPPLIER_KEY));
                     }
                 }
@@ -335,22 +336,17 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                result,
+                result:
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })),
                 ..
             })) => {
-                if let QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
-                    providers,
-                    ..
-                })) = result
-                {
-                    let mut s = lock(&self.shared);
-                    let before = s.suppliers.len();
-                    s.suppliers.extend(providers);
-                    if s.suppliers.len() != before {
-                        debug!(suppliers = s.suppliers.len(), "suppliers discovered");
-                    }
-                    self.discovered = s.suppliers.len() > 1;
+                let mut s = lock(&self.shared);
+                let before = s.suppliers.len();
+                s.suppliers.extend(providers);
+                if s.suppliers.len() != before {
+                    debug!(suppliers = s.suppliers.len(), "suppliers discovered");
                 }
+                self.discovered = s.suppliers.len() > 1;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, ..

@@ -1,6 +1,7 @@
 //! Two real libp2p nodes on 127.0.0.1 (TCP and QUIC): a customer sends well-formed, malformed,
 //! unsigned, forged and oversized requests to a supplier; every bad one is refused with a
 //! typed error and the supplier keeps serving.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

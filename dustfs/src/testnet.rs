@@ -27,10 +27,10 @@ fn node_dir(dir: &Path, i: usize) -> PathBuf {
 fn wait_for_file(p: &Path, timeout: Duration, pid: u32) -> Result<String> {
     let start = Instant::now();
     loop {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            if !s.trim().is_empty() {
-                return Ok(s);
-            }
+        if let Ok(s) = std::fs::read_to_string(p)
+            && !s.trim().is_empty()
+        {
+            return Ok(s);
         }
         if start.elapsed() > timeout {
             bail!(
@@ -61,14 +61,14 @@ pub fn up(dir: &Path, n: usize, quota_mb: Option<u64>) -> Result<()> {
         let home = Home {
             dir: node_dir(&dir, i),
         };
-        if let Ok(pid) = std::fs::read_to_string(home.path("pid")) {
-            if Path::new(&format!("/proc/{}", pid.trim())).exists() {
-                bail!(
-                    "node {i} of {} is already running (pid {}); run `dustfs testnet down` first",
-                    dir.display(),
-                    pid.trim()
-                );
-            }
+        if let Ok(pid) = std::fs::read_to_string(home.path("pid"))
+            && Path::new(&format!("/proc/{}", pid.trim())).exists()
+        {
+            bail!(
+                "node {i} of {} is already running (pid {}); run `dustfs testnet down` first",
+                dir.display(),
+                pid.trim()
+            );
         }
         if !home.initialized() {
             let mut cfg = Config {

@@ -75,12 +75,11 @@ pub fn fails(c: &mut Command) -> String {
 }
 
 pub fn scratch(name: &str) -> PathBuf {
-    let d = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(&format!("dustfs-{name}-"))
         .tempdir_in("/tmp")
         .expect("tempdir")
-        .keep();
-    d
+        .keep()
 }
 
 /// A testnet of supplier nodes; stopped when dropped.
@@ -283,20 +282,20 @@ impl Customer {
 
 impl Drop for Customer {
     fn drop(&mut self) {
-        if let Some(pid) = self.mount_pid() {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
-                let start = Instant::now();
-                while Path::new(&format!("/proc/{pid}")).exists()
-                    && start.elapsed() < Duration::from_secs(40)
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .output();
+        if let Some(pid) = self.mount_pid()
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && start.elapsed() < Duration::from_secs(40)
+            {
+                std::thread::sleep(Duration::from_millis(100));
             }
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .output();
         }
     }
 }

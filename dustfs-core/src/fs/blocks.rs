@@ -277,11 +277,10 @@ impl Engine {
             if let Some(b) = self
                 .db
                 .get_cf(&self.cf(cf::OUTBOX), db::key2(no, i as u64))?
+                && let Ok((_, body)) = shard::parse(&b, Some(&rec.shards[i].id))
             {
-                if let Ok((_, body)) = shard::parse(&b, Some(&rec.shards[i].id)) {
-                    *p = Some(body.to_vec());
-                    tried[i] = true;
-                }
+                *p = Some(body.to_vec());
+                tried[i] = true;
             }
         }
         let mut round = 0;
@@ -320,18 +319,24 @@ impl Engine {
             });
             for (i, res) in results {
                 tried[i] = true;
-                match res.map_err(|e| e.to_string()).and_then(|b| {
-                    shard::parse(&b, Some(&rec.shards[i].id))
-                        .map(|(h, body)| (h, body.to_vec()))
-                        .map_err(|e| e.to_string())
-                }) {
-                    Ok((h, body)) if h.index as usize == i => payloads[i] = Some(body),
-                    Ok(_) => warn!(block = no, shard = i, "shard has the wrong index"),
+                let bytes = match res {
+                    Ok(b) => b,
                     Err(e) => {
-                        if e.contains("match") {
-                            self.corrupt_shards.fetch_add(1, Ordering::Relaxed);
-                        }
                         warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "shard fetch failed; using others");
+                        continue;
+                    }
+                };
+                match shard::parse(&bytes, Some(&rec.shards[i].id)) {
+                    Ok((h, body)) if h.index as usize == i => payloads[i] = Some(body.to_vec()),
+                    Ok(_) => warn!(
+                        block = no,
+                        shard = i,
+                        "shard has the wrong index; using others"
+                    ),
+                    Err(e) => {
+                        // The supplier returned bytes that are not the shard it acknowledged.
+                        self.corrupt_shards.fetch_add(1, Ordering::Relaxed);
+                        warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "corrupt shard; rebuilding from others");
                     }
                 }
             }

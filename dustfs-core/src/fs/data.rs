@@ -33,15 +33,14 @@ impl Engine {
         let mut out = Vec::new();
         // The extent that starts at or before `start` may reach into the range.
         it.seek_for_prev(db::key2(ino, start));
-        if it.valid() {
-            if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                if db::be_u64(k, 0) == Some(ino) {
-                    let off = db::be_u64(k, 8).unwrap_or(0);
-                    let e: Extent = db::decode(cf::EXTENTS, v)?;
-                    if off < start && off + e.len > start {
-                        out.push((off, e));
-                    }
-                }
+        if it.valid()
+            && let (Some(k), Some(v)) = (it.key(), it.value())
+            && db::be_u64(k, 0) == Some(ino)
+        {
+            let off = db::be_u64(k, 8).unwrap_or(0);
+            let e: Extent = db::decode(cf::EXTENTS, v)?;
+            if off < start && off + e.len > start {
+                out.push((off, e));
             }
         }
         it.seek(db::key2(ino, start));

@@ -164,10 +164,10 @@ impl super::Machine for BlockMachine {
         let mut edges = Vec::new();
         for s in BlockState::ALL {
             for (name, e) in events {
-                if let Some(t) = next(s, e) {
-                    if t != s {
-                        edges.push((s.name(), name, t.name()));
-                    }
+                if let Some(t) = next(s, e)
+                    && t != s
+                {
+                    edges.push((s.name(), name, t.name()));
                 }
             }
         }
