@@ -83,6 +83,17 @@ pub fn serve(home: &Home) -> Result<()> {
 
 /// Checks that a mountpoint exists, is an empty directory and is not mounted already.
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
+    // A dustfs mount whose process died (killed, crashed) leaves a dead FUSE mount behind:
+    // every access fails with ENOTCONN. Clear it, so the restart can mount again.
+    if let Err(e) = std::fs::metadata(p) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            warn!(mountpoint = %p.display(), "clearing the dead mount left by a previous dustfs process");
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(p)
+                .status();
+        }
+    }
     let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             anyhow::anyhow!("mountpoint {} does not exist", p.display())
@@ -145,11 +156,15 @@ fn open_engine(home: &Home, cfg: &Config, store: Arc<NetStore>) -> Result<Arc<En
 pub fn run_mount(
     home: &Home,
     mountpoint: &Path,
+    opts: &crate::mountopts::MountOpts,
     ready: &mut dyn FnMut(Result<(), String>),
 ) -> Result<()> {
     let setup = (|| {
         let mp = check_mountpoint(mountpoint)?;
-        let cfg = home.config()?;
+        let mut cfg = home.config()?;
+        if let Some(c) = opts.cache_mb {
+            cfg.storage.cache_mb = c;
+        }
         let rt = runtime()?;
         let node = rt.block_on(start_node(home, &cfg))?;
         let key = home.user_secret()?.derive().signing.clone();
@@ -213,25 +228,37 @@ pub fn run_mount(
         });
     }
 
-    let options = vec![
+    let mut options = vec![
         fuser::MountOption::FSName(format!("dustfs:{}", home.dir.display())),
         fuser::MountOption::Subtype("dustfs".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::AllowOther,
     ];
-    let mut session =
-        match fuser::Session::new(crate::fuse::DustFs::new(engine.clone()), &mp, &options) {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!(
-                    "mounting {} failed: {e} (is /dev/fuse available and are you root?)",
-                    mp.display()
-                );
-                ready(Err(msg.clone()));
-                stop.store(true, Ordering::SeqCst);
-                bail!(msg);
-            }
-        };
+    if opts.default_permissions {
+        options.push(fuser::MountOption::DefaultPermissions);
+    }
+    if opts.allow_other {
+        options.push(fuser::MountOption::AllowOther);
+    }
+    options.push(if opts.ro {
+        fuser::MountOption::RO
+    } else {
+        fuser::MountOption::RW
+    });
+    let mut session = match fuser::Session::new(
+        crate::fuse::DustFs::new(engine.clone(), opts.uid, opts.gid),
+        &mp,
+        &options,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!(
+                "mounting {} failed: {e} (is /dev/fuse available and are you root?)",
+                mp.display()
+            );
+            ready(Err(msg.clone()));
+            stop.store(true, Ordering::SeqCst);
+            bail!(msg);
+        }
+    };
     info!(mountpoint = %mp.display(), "mounted");
     ready(Ok(()));
     let result = session.run();

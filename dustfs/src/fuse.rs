@@ -83,17 +83,27 @@ fn ts(t: TimeOrNow) -> Ts {
 /// The mounted filesystem.
 pub struct DustFs {
     engine: Arc<Engine>,
+    /// `uid=` / `gid=` mount options: every file shown as owned by them.
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 impl DustFs {
     /// Wraps an engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, uid: Option<u32>, gid: Option<u32>) -> Self {
+        Self { engine, uid, gid }
+    }
+
+    fn attr(&self, i: &Inode) -> FileAttr {
+        let mut a = attr(i);
+        a.uid = self.uid.unwrap_or(a.uid);
+        a.gid = self.gid.unwrap_or(a.gid);
+        a
     }
 
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
         match r {
-            Ok(i) => reply.entry(&TTL, &attr(&i), 0),
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), 0),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -138,7 +148,7 @@ impl Filesystem for DustFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         match self.engine.get_inode(ino) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -170,7 +180,7 @@ impl Filesystem for DustFs {
             mtime: mtime.map(ts),
         };
         match self.engine.setattr(ino, a) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -442,7 +452,7 @@ impl Filesystem for DustFs {
                         (start + n + 1) as i64,
                         OsStr::from_bytes(&e.name),
                         &TTL,
-                        &attr(&i),
+                        &self.attr(&i),
                         0,
                     ) {
                         break;
@@ -584,7 +594,7 @@ impl Filesystem for DustFs {
             )
             .and_then(|i| self.engine.opened(i.ino));
         match r {
-            Ok(i) => reply.created(&TTL, &attr(&i), 0, 0, 0),
+            Ok(i) => reply.created(&TTL, &self.attr(&i), 0, 0, 0),
             Err(e) => reply.error(errno(&e)),
         }
     }

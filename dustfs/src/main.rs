@@ -9,6 +9,7 @@ mod control;
 mod daemon;
 mod fuse;
 mod home;
+mod mountopts;
 mod testnet;
 
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -63,6 +64,10 @@ enum Cmd {
         /// Stay in the foreground instead of running in the background.
         #[arg(long)]
         foreground: bool,
+        /// Mount options, comma-separated: allow_other, default_permissions (both on by
+        /// default), ro, uid=N, gid=N, cache_mb=N.
+        #[arg(short = 'o')]
+        options: Option<String>,
     },
     /// Wait until everything written so far is durable on suppliers.
     Sync,
@@ -141,6 +146,20 @@ fn init_logging() {
 }
 
 fn main() {
+    // Called by mount(8) (as /sbin/mount.dustfs, a link to this binary)?
+    let argv: Vec<String> = std::env::args().collect();
+    if argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "mount.dustfs")
+    {
+        init_logging();
+        if let Err(e) = mount_helper(&argv[1..]) {
+            eprintln!("mount.dustfs: {e:#}");
+            std::process::exit(32); // mount(8)'s "mount failure"
+        }
+        return;
+    }
     let cli = Cli::parse();
     init_logging();
     if let Err(e) = run(cli) {
@@ -159,7 +178,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Mount {
             mountpoint,
             foreground,
-        } => mount(&Home::resolve(cli.home)?, &mountpoint, foreground),
+            options,
+        } => {
+            let mut opts = mountopts::MountOpts::default();
+            if let Some(o) = options {
+                opts.apply(&o, false)?;
+            }
+            mount(&Home::resolve(cli.home)?, &mountpoint, foreground, &opts)
+        }
         Cmd::Sync => sync(&Home::resolve(cli.home)?),
         Cmd::Status { json } => status(&Home::resolve(cli.home)?, json),
         Cmd::Cache {
@@ -250,7 +276,24 @@ fn init(home: &Home, bootstrap: Vec<String>, listen: Vec<String>) -> Result<()> 
     Ok(())
 }
 
-fn mount(home: &Home, mountpoint: &Path, foreground: bool) -> Result<()> {
+/// `mount.dustfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`, as mount(8) and fstab call it.
+fn mount_helper(args: &[String]) -> Result<()> {
+    let h = mountopts::parse_helper(args)?;
+    let home = Home::resolve(Some(h.source))?;
+    home.config()?;
+    if h.fake {
+        daemon::check_mountpoint(&h.mountpoint)?;
+        return Ok(());
+    }
+    mount(&home, &h.mountpoint, false, &h.opts)
+}
+
+fn mount(
+    home: &Home,
+    mountpoint: &Path,
+    foreground: bool,
+    opts: &mountopts::MountOpts,
+) -> Result<()> {
     if foreground {
         let notify = std::env::var_os(NOTIFY_ENV).is_some();
         let mut ready = |r: Result<(), String>| {
@@ -261,7 +304,7 @@ fn mount(home: &Home, mountpoint: &Path, foreground: bool) -> Result<()> {
                 }
             }
         };
-        return daemon::run_mount(home, mountpoint, &mut ready);
+        return daemon::run_mount(home, mountpoint, opts, &mut ready);
     }
     // Check what we can before starting the background process, for a clear message.
     daemon::check_mountpoint(mountpoint)?;
@@ -277,6 +320,8 @@ fn mount(home: &Home, mountpoint: &Path, foreground: bool) -> Result<()> {
         .arg("mount")
         .arg(mountpoint)
         .arg("--foreground")
+        .arg("-o")
+        .arg(opts.to_arg())
         .env(NOTIFY_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -414,7 +459,7 @@ fn quickstart(dir: &Path) -> Result<()> {
         println!("using the existing identity in {}", home.dir.display());
     }
     std::fs::create_dir_all(&mnt)?;
-    mount(&home, &mnt, false)?;
+    mount(&home, &mnt, false, &mountopts::MountOpts::default())?;
     println!();
     println!(
         "dustfs is mounted at {}. Copy files in, then make them durable with:",

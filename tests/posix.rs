@@ -1,0 +1,269 @@
+//! POSIX and integration suite (issue 3): mount(8)/fstab integration, crash safety under
+//! SIGKILL, and real applications (SQLite, git) on a dustfs mount.
+//!
+//! Needs root and /dev/fuse (fails loudly without them).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Installs `mount.dustfs` where mount(8) looks for helpers (/sbin is /usr/sbin on Debian 12).
+fn install_helper() {
+    let link = Path::new("/usr/sbin/mount.dustfs");
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(BIN, link).expect("install /usr/sbin/mount.dustfs");
+}
+
+/// Restores /etc/fstab when dropped.
+struct FstabGuard(String);
+
+impl Drop for FstabGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/etc/fstab", &self.0);
+    }
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let target = std::fs::canonicalize(mp).unwrap_or(mp.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&target.to_string_lossy()))
+}
+
+#[test]
+fn mount_dustfs_works_through_mount_t_and_fstab_and_refuses_bad_requests() {
+    require_root_and_fuse();
+    install_helper();
+    let root = scratch("helper");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+
+    // mount -t dustfs HOME MOUNTPOINT
+    ok(Command::new("mount")
+        .args(["-t", "dustfs"])
+        .arg(&c.home)
+        .arg(&c.mnt)
+        .args(["-o", "noatime,_netdev"]));
+    assert!(is_mounted(&c.mnt));
+    std::fs::write(c.mnt.join("hello"), b"through mount -t").expect("write");
+    c.sync();
+    c.umount();
+
+    // An fstab entry and `mount MOUNTPOINT`.
+    let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    let _guard = FstabGuard(fstab.clone());
+    let line = format!(
+        "{} {} dustfs defaults,_netdev,noauto,x-systemd.automount,ro 0 0\n",
+        c.home.display(),
+        c.mnt.display()
+    );
+    std::fs::write("/etc/fstab", format!("{fstab}{line}")).expect("fstab");
+    ok(Command::new("mount").arg(&c.mnt));
+    assert_eq!(
+        std::fs::read(c.mnt.join("hello")).expect("read"),
+        b"through mount -t"
+    );
+    // ro from fstab: writes fail with EROFS.
+    let e = std::fs::write(c.mnt.join("nope"), b"x").expect_err("read-only mount");
+    assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
+    c.umount();
+
+    // Bad requests: an unknown option, a missing home, a busy mountpoint.
+    let e = fails(
+        Command::new("mount")
+            .args(["-t", "dustfs", "-o", "bogus_opt"])
+            .arg(&c.home)
+            .arg(&c.mnt),
+    );
+    assert!(e.contains("bogus_opt"), "{e}");
+    let e = fails(
+        Command::new("mount")
+            .args(["-t", "dustfs"])
+            .arg(root.join("no-such-home"))
+            .arg(&c.mnt),
+    );
+    assert!(e.contains("no dustfs identity"), "{e}");
+    c.mount();
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let e = fails(
+        Command::new("mount")
+            .args(["-t", "dustfs"])
+            .arg(&c.home)
+            .arg(&c.mnt),
+    );
+    assert!(e.contains("busy") || e.contains("already"), "{e}");
+    c.umount();
+}
+
+fn libc_erofs() -> i32 {
+    30
+}
+
+#[test]
+fn sigkill_during_rsync_loses_nothing_that_was_fsynced() {
+    require_root_and_fuse();
+    let root = scratch("crash");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    let src = root.join("src");
+    for d in 0..8 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).expect("mkdir");
+        for f in 0..40 {
+            let len = 1000 + ((d * 40 + f) as u64 * 7919) % 300_000;
+            write_random(&src.join(format!("d{d}/f{f}")), len, (d * 40 + f) as u64);
+        }
+    }
+    write_random(&src.join("large"), 40 << 20, 999);
+    for round in 0..10u64 {
+        c.mount();
+        let pid = c.mount_pid().expect("pid");
+        // rsync with --fsync: every file it finishes is fsync'd before it moves on.
+        let mut child = Command::new("rsync")
+            .args(["-a", "--fsync", "--inplace"])
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", c.mnt.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rsync");
+        std::thread::sleep(Duration::from_millis(300 + round * 170));
+        ok(Command::new("kill").arg("-KILL").arg(pid.to_string()));
+        wait_gone(pid, Duration::from_secs(20));
+        let _ = child.wait();
+        // Restart: the dead mount is cleared; everything that is there must be intact.
+        c.mount();
+        for entry in walk(&c.mnt) {
+            let rel = entry.strip_prefix(&c.mnt).expect("prefix");
+            let meta = std::fs::symlink_metadata(&entry).expect("lstat");
+            if meta.is_file() {
+                let want = std::fs::metadata(src.join(rel)).expect("source").len();
+                // Files rsync completed (full length) must match the source byte for byte.
+                if meta.len() == want {
+                    assert_eq!(
+                        sha256(&entry),
+                        sha256(&src.join(rel)),
+                        "round {round}: {} corrupt",
+                        rel.display()
+                    );
+                }
+            }
+        }
+        c.umount();
+    }
+    c.mount();
+    ok(Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", c.mnt.display())));
+    assert_same_tree(&manifest(&src), &manifest(&c.mnt));
+    c.sync();
+    c.umount();
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).expect("read_dir").flatten() {
+        let p = e.path();
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn sqlite_and_git_work_on_the_mount() {
+    require_root_and_fuse();
+    let root = scratch("apps");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+
+    // SQLite: a few thousand transactions, then an integrity check (also after a cold cache).
+    let db = c.mnt.join("test.db");
+    let mut sql = String::from(
+        "PRAGMA journal_mode=DELETE;\nCREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER);\nCREATE INDEX tv ON t(v);\n",
+    );
+    for i in 0..3000 {
+        sql.push_str(&format!("BEGIN; INSERT INTO t(v, n) VALUES (hex(randomblob(40)), {i}); UPDATE t SET n = n + 1 WHERE id % 7 = {}; COMMIT;\n", i % 7));
+        if i % 500 == 499 {
+            sql.push_str(&format!("DELETE FROM t WHERE id % 11 = {};\n", i % 11));
+        }
+    }
+    let out = ok(Command::new("sqlite3").arg(&db).arg(sql));
+    let _ = out;
+    assert_eq!(
+        ok(Command::new("sqlite3")
+            .arg(&db)
+            .arg("PRAGMA integrity_check;"))
+        .trim(),
+        "ok"
+    );
+    c.sync();
+    c.cache_drop();
+    assert_eq!(
+        ok(Command::new("sqlite3")
+            .arg(&db)
+            .arg("PRAGMA integrity_check;"))
+        .trim(),
+        "ok"
+    );
+    let count = ok(Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT count(*) FROM t;"));
+    assert!(
+        count.trim().parse::<u64>().expect("count") > 2000,
+        "{count}"
+    );
+
+    // git: clone a local repository into the mount and fsck it.
+    let repo = root.join("repo");
+    ok(Command::new("git").args(["init", "-q"]).arg(&repo));
+    for i in 0..30 {
+        write_random(&repo.join(format!("file{i}.bin")), 20_000 + i * 1000, i);
+        std::fs::write(
+            repo.join("log.txt"),
+            format!("commit {i}\n").repeat(i as usize + 1),
+        )
+        .expect("write");
+        ok(Command::new("git").arg("-C").arg(&repo).args(["add", "-A"]));
+        ok(Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "commit",
+                "-q",
+                "-m",
+            ])
+            .arg(format!("c{i}")));
+    }
+    ok(Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&repo)
+        .arg(c.mnt.join("clone")));
+    ok(Command::new("git")
+        .arg("-C")
+        .arg(c.mnt.join("clone"))
+        .args(["fsck", "--full", "--strict"]));
+    ok(Command::new("git")
+        .arg("-C")
+        .arg(c.mnt.join("clone"))
+        .args(["gc", "-q"]));
+    ok(Command::new("git")
+        .arg("-C")
+        .arg(c.mnt.join("clone"))
+        .args(["fsck", "--full"]));
+    c.umount();
+}
