@@ -198,8 +198,11 @@ fn sqlite_and_git_work_on_the_mount() {
             sql.push_str(&format!("DELETE FROM t WHERE id % 11 = {};\n", i % 11));
         }
     }
-    let out = ok(Command::new("sqlite3").arg(&db).arg(sql));
-    let _ = out;
+    let script = root.join("load.sql");
+    std::fs::write(&script, sql).expect("write sql");
+    ok(Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!(".read {}", script.display())));
     assert_eq!(
         ok(Command::new("sqlite3")
             .arg(&db)

@@ -85,14 +85,14 @@ pub fn serve(home: &Home) -> Result<()> {
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
     // A dustfs mount whose process died (killed, crashed) leaves a dead FUSE mount behind:
     // every access fails with ENOTCONN. Clear it, so the restart can mount again.
-    if let Err(e) = std::fs::metadata(p) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            warn!(mountpoint = %p.display(), "clearing the dead mount left by a previous dustfs process");
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(p)
-                .status();
-        }
+    if let Err(e) = std::fs::metadata(p)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        warn!(mountpoint = %p.display(), "clearing the dead mount left by a previous dustfs process");
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(p)
+            .status();
     }
     let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {

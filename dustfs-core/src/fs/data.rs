@@ -5,7 +5,7 @@
 //! bytes that exist (dirty bytes until a chunk replaces them, the open block's segments until
 //! the block is sealed and queued), so a crash at any point loses nothing that was written.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use rocksdb::WriteBatch;
@@ -26,46 +26,70 @@ enum Piece {
 }
 
 impl Engine {
+    /// The extent map of `ino`, loaded from RocksDB into the cache if needed.
+    fn extent_map<'a>(
+        &self,
+        st: &'a mut State,
+        ino: Ino,
+    ) -> FsResult<&'a mut BTreeMap<u64, Extent>> {
+        if !st.extents.contains(&ino) {
+            let mut map = BTreeMap::new();
+            let ext = self.cf(cf::EXTENTS);
+            let mut it = self.db.raw_iterator_cf(&ext);
+            it.seek(db::key2(ino, 0));
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if db::be_u64(k, 0) != Some(ino) {
+                    break;
+                }
+                map.insert(db::be_u64(k, 8).unwrap_or(0), db::decode(cf::EXTENTS, v)?);
+                it.next();
+            }
+            it.status()?;
+            st.extents.put(ino, map);
+        }
+        st.extents
+            .get_mut(&ino)
+            .ok_or_else(|| FsError::Corrupt(format!("extent map of {ino} vanished")))
+    }
+
     /// The extents of `ino` overlapping `[start, end)`, in order.
-    fn extents_in(&self, ino: Ino, start: u64, end: u64) -> FsResult<Vec<(u64, Extent)>> {
-        let ext = self.cf(cf::EXTENTS);
-        let mut it = self.db.raw_iterator_cf(&ext);
+    fn extents_in(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        start: u64,
+        end: u64,
+    ) -> FsResult<Vec<(u64, Extent)>> {
+        let map = self.extent_map(st, ino)?;
         let mut out = Vec::new();
-        // The extent that starts at or before `start` may reach into the range.
-        it.seek_for_prev(db::key2(ino, start));
-        if it.valid()
-            && let (Some(k), Some(v)) = (it.key(), it.value())
-            && db::be_u64(k, 0) == Some(ino)
+        // The extent that starts before `start` may reach into the range.
+        if let Some((&off, e)) = map.range(..start).next_back()
+            && off + e.len > start
         {
-            let off = db::be_u64(k, 8).unwrap_or(0);
-            let e: Extent = db::decode(cf::EXTENTS, v)?;
-            if off < start && off + e.len > start {
-                out.push((off, e));
-            }
+            out.push((off, *e));
         }
-        it.seek(db::key2(ino, start));
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if db::be_u64(k, 0) != Some(ino) {
-                break;
-            }
-            let off = db::be_u64(k, 8).unwrap_or(u64::MAX);
-            if off >= end {
-                break;
-            }
-            out.push((off, db::decode(cf::EXTENTS, v)?));
-            it.next();
-        }
-        it.status()?;
+        out.extend(map.range(start..end).map(|(o, e)| (*o, *e)));
         Ok(out)
     }
 
+    /// Writes a batch that changed the extents of `ino`; if it fails, the cached map (already
+    /// changed) is dropped so that it is reloaded from what RocksDB really holds.
+    pub(super) fn write_extents(&self, st: &mut State, ino: Ino, b: WriteBatch) -> FsResult<()> {
+        self.db.write(b).map_err(|e| {
+            st.extents.pop(&ino);
+            FsError::from(e)
+        })
+    }
+
     /// Replaces `[start, start+len)` of the extent map with `new` (or a hole), splitting the
-    /// extents at the edges. Goes into `b`; the caller writes it.
+    /// extents at the edges. Goes into `b` (which the caller writes with [`Self::write_extents`])
+    /// and into the cached map.
     pub(super) fn replace_range(
         &self,
+        st: &mut State,
         b: &mut WriteBatch,
         ino: Ino,
         start: u64,
@@ -74,18 +98,19 @@ impl Engine {
     ) -> FsResult<()> {
         let end = start.saturating_add(len);
         let ext = self.cf(cf::EXTENTS);
-        for (off, e) in self.extents_in(ino, start, end)? {
+        let overlapping = self.extents_in(st, ino, start, end)?;
+        let map = self.extent_map(st, ino)?;
+        for (off, e) in overlapping {
             let e_end = off + e.len;
             b.delete_cf(&ext, db::key2(ino, off));
+            map.remove(&off);
             if off < start {
-                b.put_cf(
-                    &ext,
-                    db::key2(ino, off),
-                    db::encode(&Extent {
-                        len: start - off,
-                        src: e.src,
-                    }),
-                );
+                let left = Extent {
+                    len: start - off,
+                    src: e.src,
+                };
+                b.put_cf(&ext, db::key2(ino, off), db::encode(&left));
+                map.insert(off, left);
             }
             if e_end > end {
                 let right = Extent {
@@ -93,10 +118,12 @@ impl Engine {
                     src: e.src.advance(end - off),
                 };
                 b.put_cf(&ext, db::key2(ino, end), db::encode(&right));
+                map.insert(end, right);
             }
         }
         if let Some(n) = new {
             b.put_cf(&ext, db::key2(ino, start), db::encode(&n));
+            map.insert(start, n);
         }
         Ok(())
     }
@@ -120,6 +147,7 @@ impl Engine {
         b.put_cf(&self.cf(cf::META), META_NEXT_SEQ, db::encode(&st.next_seq));
         b.put_cf(&self.cf(cf::DIRTY), db::key2(ino, seq), data);
         self.replace_range(
+            &mut st,
             &mut b,
             ino,
             off,
@@ -134,7 +162,8 @@ impl Engine {
         inode.mtime = now;
         inode.ctime = now;
         self.put_inode(&mut b, &inode);
-        self.db.write(b)?;
+        self.write_extents(&mut st, ino, b)?;
+        st.dirty_seqs.entry(ino).or_default().insert(seq);
         let d = st.dirty.entry(ino).or_default();
         *d += len;
         if *d >= self.cfg.commit_bytes {
@@ -148,7 +177,7 @@ impl Engine {
         let mut pieces = Vec::new();
         let mut out;
         {
-            let _st = lock(&self.state);
+            let mut st = lock(&self.state);
             let inode = self.get_inode(ino)?;
             match inode.kind {
                 Kind::File => {}
@@ -160,7 +189,7 @@ impl Engine {
             }
             let end = inode.size.min(off + size as u64);
             out = vec![0u8; (end - off) as usize];
-            for (e_off, e) in self.extents_in(ino, off, end)? {
+            for (e_off, e) in self.extents_in(&mut st, ino, off, end)? {
                 let from = e_off.max(off);
                 let to = (e_off + e.len).min(end);
                 if from >= to {
@@ -238,7 +267,7 @@ impl Engine {
         if st.dirty.get(&ino).copied().unwrap_or(0) == 0 {
             return Ok(());
         }
-        let all = self.extents_in(ino, 0, u64::MAX)?;
+        let all = self.extents_in(st, ino, 0, u64::MAX)?;
         // Maximal runs of contiguous dirty extents.
         let mut runs: Vec<Vec<(u64, Extent)>> = Vec::new();
         for (off, e) in all {
@@ -287,14 +316,14 @@ impl Engine {
                     len: l as u64,
                     src: Src::Chunk { id, off: 0 },
                 };
-                self.replace_range(&mut b, ino, run_start + o as u64, l as u64, Some(ext))?;
-                self.db.write(b)?;
+                self.replace_range(st, &mut b, ino, run_start + o as u64, l as u64, Some(ext))?;
+                self.write_extents(st, ino, b)?;
             }
         }
         // Drop dirty writes no extent refers to any more, and recount what is left.
         let mut live = HashSet::new();
         let mut left = 0;
-        for (_, e) in self.extents_in(ino, 0, u64::MAX)? {
+        for (_, e) in self.extents_in(st, ino, 0, u64::MAX)? {
             if let Src::Dirty { seq, .. } = e.src {
                 live.insert(seq);
                 left += e.len;
@@ -302,20 +331,17 @@ impl Engine {
         }
         let dirty = self.cf(cf::DIRTY);
         let mut b = WriteBatch::default();
-        let mut it = self.db.raw_iterator_cf(&dirty);
-        it.seek(db::key2(ino, 0));
-        while it.valid() {
-            let Some(k) = it.key() else { break };
-            if db::be_u64(k, 0) != Some(ino) {
-                break;
+        let seqs = st.dirty_seqs.entry(ino).or_default();
+        seqs.retain(|seq| {
+            let keep = live.contains(seq);
+            if !keep {
+                b.delete_cf(&dirty, db::key2(ino, *seq));
             }
-            if db::be_u64(k, 8).is_some_and(|s| !live.contains(&s)) {
-                b.delete_cf(&dirty, k);
-            }
-            it.next();
+            keep
+        });
+        if seqs.is_empty() {
+            st.dirty_seqs.remove(&ino);
         }
-        it.status()?;
-        drop(it);
         self.db.write(b)?;
         if left == 0 {
             st.dirty.remove(&ino);

@@ -187,7 +187,18 @@ struct State {
     open_files: HashMap<Ino, u32>,
     /// Inodes unlinked while open.
     orphans: HashSet<Ino>,
+    /// Extent maps of recently used files, the authoritative copy of what RocksDB holds.
+    /// Reading extents through RocksDB iterators crawls over the tombstones that rewriting a
+    /// file leaves in the memtable (a database doing small transactions makes thousands), so
+    /// every change goes to both and reads come from here.
+    extents: lru::LruCache<Ino, std::collections::BTreeMap<u64, Extent>>,
+    /// Sequence numbers of the dirty writes stored per inode (for garbage collection without
+    /// iterating over deleted keys).
+    dirty_seqs: HashMap<Ino, std::collections::BTreeSet<u64>>,
 }
+
+/// Files whose extent maps stay in memory.
+const EXTENT_CACHE_FILES: usize = 4096;
 
 /// The filesystem engine.
 pub struct Engine {
@@ -258,6 +269,11 @@ impl Engine {
                 dirty: HashMap::new(),
                 open_files: HashMap::new(),
                 orphans: HashSet::new(),
+                extents: lru::LruCache::new(
+                    std::num::NonZeroUsize::new(EXTENT_CACHE_FILES)
+                        .unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
+                dirty_seqs: HashMap::new(),
             }),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::MIN.saturating_add(15),
@@ -318,8 +334,9 @@ impl Engine {
         let dirty = self.cf(cf::DIRTY);
         for item in self.db.iterator_cf(&dirty, rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
-            if let Some(ino) = db::be_u64(&k, 0) {
+            if let (Some(ino), Some(seq)) = (db::be_u64(&k, 0), db::be_u64(&k, 8)) {
                 *st.dirty.entry(ino).or_default() += v.len() as u64;
+                st.dirty_seqs.entry(ino).or_default().insert(seq);
             }
         }
         drop(dirty);
@@ -334,7 +351,7 @@ impl Engine {
         }
         drop(inodes);
         for ino in orphans {
-            self.destroy_inode(ino)?;
+            self.destroy_inode(&mut st, ino)?;
         }
         drop(st);
         self.recount_queue()?;
@@ -593,8 +610,7 @@ impl Engine {
         let gone = self.drop_link(&mut st, &mut b, d.ino, now)?;
         self.db.write(b)?;
         if gone {
-            self.destroy_inode(d.ino)?;
-            st.dirty.remove(&d.ino);
+            self.destroy_inode(&mut st, d.ino)?;
         }
         Ok(())
     }
@@ -618,7 +634,10 @@ impl Engine {
     }
 
     /// Deletes an inode with its extents, dirty data and xattrs.
-    fn destroy_inode(&self, ino: Ino) -> FsResult<()> {
+    fn destroy_inode(&self, st: &mut State, ino: Ino) -> FsResult<()> {
+        st.extents.pop(&ino);
+        st.dirty_seqs.remove(&ino);
+        st.dirty.remove(&ino);
         let mut b = WriteBatch::default();
         b.delete_cf(&self.cf(cf::INODES), db::key1(ino));
         for fam in [cf::EXTENTS, cf::DIRTY] {
@@ -662,7 +681,7 @@ impl Engine {
         let gone = self.drop_link(&mut st, &mut b, d.ino, now)?;
         self.db.write(b)?;
         if gone {
-            self.destroy_inode(d.ino)?;
+            self.destroy_inode(&mut st, d.ino)?;
         }
         Ok(())
     }
@@ -776,8 +795,7 @@ impl Engine {
         }
         self.db.write(b)?;
         if let Some(ino) = destroy {
-            self.destroy_inode(ino)?;
-            st.dirty.remove(&ino);
+            self.destroy_inode(&mut st, ino)?;
         }
         Ok(())
     }
@@ -838,13 +856,12 @@ impl Engine {
                 return Err(FsError::Invalid);
             }
             if size < i.size {
-                self.replace_range(&mut b, ino, size, u64::MAX - size, None)?;
+                self.replace_range(&mut st, &mut b, ino, size, u64::MAX - size, None)?;
             }
             if size != i.size {
                 i.size = size;
                 i.mtime = now;
             }
-            let _ = &mut st;
         }
         if let Some(t) = a.atime {
             i.atime = t;
@@ -854,7 +871,7 @@ impl Engine {
         }
         i.ctime = now;
         self.put_inode(&mut b, &i);
-        self.db.write(b)?;
+        self.write_extents(&mut st, ino, b)?;
         Ok(i)
     }
 
@@ -879,9 +896,7 @@ impl Engine {
         if left == 0 {
             st.open_files.remove(&ino);
             if st.orphans.remove(&ino) {
-                st.dirty.remove(&ino);
-                drop(st);
-                return self.destroy_inode(ino);
+                return self.destroy_inode(&mut st, ino);
             }
             self.commit_locked(&mut st, ino, true)?;
         }
