@@ -270,3 +270,116 @@ fn sqlite_and_git_work_on_the_mount() {
         .args(["fsck", "--full"]));
     c.umount();
 }
+
+/// One step of the model-based test.
+#[derive(Debug, Clone)]
+enum FsOp {
+    Create(String),
+    Write(String, u64, usize, u64),
+    Truncate(String, u64),
+    Rename(String, String),
+    Link(String, String),
+    Unlink(String),
+    Mkdir(String),
+    Rmdir(String),
+    Chmod(String, u32),
+    Read(String),
+}
+
+fn op_strategy() -> impl proptest::strategy::Strategy<Value = FsOp> {
+    use proptest::prelude::*;
+    let name = prop_oneof![
+        (0..6u8).prop_map(|i| format!("f{i}")),
+        (0..3u8, 0..5u8).prop_map(|(d, i)| format!("d{d}/f{i}")),
+        (0..3u8).prop_map(|d| format!("d{d}")),
+        (0..3u8, 0..2u8).prop_map(|(d, e)| format!("d{d}/e{e}")),
+    ];
+    (0..100u8, name.clone(), name, 0..300_000u64, 1..70_000usize, any::<u64>()).prop_map(|(k, a, b, off, len, seed)| match k {
+        0..=14 => FsOp::Create(a),
+        15..=44 => FsOp::Write(a, off, len, seed),
+        45..=51 => FsOp::Truncate(a, off),
+        52..=58 => FsOp::Rename(a, b),
+        59..=63 => FsOp::Link(a, b),
+        64..=70 => FsOp::Unlink(a),
+        71..=77 => FsOp::Mkdir(a),
+        78..=82 => FsOp::Rmdir(a),
+        83..=86 => FsOp::Chmod(a, 0o600 | (seed as u32 & 0o177)),
+        _ => FsOp::Read(a),
+    })
+}
+
+/// Applies an operation under `root`; returns its outcome as the user sees it: the bytes read
+/// (for reads) or the errno.
+fn apply(root: &Path, op: &FsOp) -> Result<Vec<u8>, i32> {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let p = |s: &str| root.join(s);
+    let err = |e: std::io::Error| e.raw_os_error().unwrap_or(-1);
+    match op {
+        FsOp::Create(a) => std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(p(a)).map(|_| vec![]).map_err(err),
+        FsOp::Write(a, off, len, seed) => {
+            let mut f = std::fs::OpenOptions::new().write(true).open(p(a)).map_err(err)?;
+            let mut buf = vec![0u8; *len];
+            Prng::new(*seed).fill(&mut buf);
+            f.seek(SeekFrom::Start(*off)).map_err(err)?;
+            f.write_all(&buf).map_err(err)?;
+            Ok(vec![])
+        }
+        FsOp::Truncate(a, size) => {
+            let f = std::fs::OpenOptions::new().write(true).open(p(a)).map_err(err)?;
+            f.set_len(*size).map(|_| vec![]).map_err(err)
+        }
+        FsOp::Rename(a, b) => std::fs::rename(p(a), p(b)).map(|_| vec![]).map_err(err),
+        FsOp::Link(a, b) => std::fs::hard_link(p(a), p(b)).map(|_| vec![]).map_err(err),
+        FsOp::Unlink(a) => std::fs::remove_file(p(a)).map(|_| vec![]).map_err(err),
+        FsOp::Mkdir(a) => std::fs::create_dir(p(a)).map(|_| vec![]).map_err(err),
+        FsOp::Rmdir(a) => std::fs::remove_dir(p(a)).map(|_| vec![]).map_err(err),
+        FsOp::Chmod(a, mode) => {
+            std::fs::set_permissions(p(a), std::fs::Permissions::from_mode(*mode)).map(|_| vec![]).map_err(err)
+        }
+        FsOp::Read(a) => std::fs::read(p(a)).map_err(err),
+    }
+}
+
+/// The tree without times (which differ between two filesystems written at different moments).
+fn shape(root: &Path) -> Vec<(std::path::PathBuf, &'static str, u32, Option<String>, usize)> {
+    manifest(root)
+        .into_iter()
+        .map(|(k, e)| (k, e.kind, if e.kind == "dir" { 0 } else { e.mode }, e.sha256, e.links.len()))
+        .collect()
+}
+
+#[test]
+fn random_operations_match_a_reference_directory() {
+    use proptest::strategy::{Strategy, ValueTree};
+    require_root_and_fuse();
+    let root = scratch("model");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let reference = root.join("reference");
+    std::fs::create_dir_all(&reference).expect("mkdir");
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let ops = proptest::collection::vec(op_strategy(), 10_000)
+        .new_tree(&mut runner)
+        .expect("generate operations")
+        .current();
+    for (i, op) in ops.iter().enumerate() {
+        let want = apply(&reference, op);
+        let got = apply(&c.mnt, op);
+        assert_eq!(got, want, "operation {i}: {op:?}");
+        if i % 1000 == 999 {
+            assert_eq!(shape(&c.mnt), shape(&reference), "trees differ after operation {i}");
+            if i % 3000 == 2999 {
+                c.sync();
+                c.cache_drop();
+            }
+        }
+    }
+    assert_eq!(shape(&c.mnt), shape(&reference));
+    c.umount();
+    c.mount();
+    c.cache_drop();
+    assert_eq!(shape(&c.mnt), shape(&reference), "after remount and a cold cache");
+    c.umount();
+}
