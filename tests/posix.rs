@@ -294,18 +294,26 @@ fn op_strategy() -> impl proptest::strategy::Strategy<Value = FsOp> {
         (0..3u8).prop_map(|d| format!("d{d}")),
         (0..3u8, 0..2u8).prop_map(|(d, e)| format!("d{d}/e{e}")),
     ];
-    (0..100u8, name.clone(), name, 0..300_000u64, 1..70_000usize, any::<u64>()).prop_map(|(k, a, b, off, len, seed)| match k {
-        0..=14 => FsOp::Create(a),
-        15..=44 => FsOp::Write(a, off, len, seed),
-        45..=51 => FsOp::Truncate(a, off),
-        52..=58 => FsOp::Rename(a, b),
-        59..=63 => FsOp::Link(a, b),
-        64..=70 => FsOp::Unlink(a),
-        71..=77 => FsOp::Mkdir(a),
-        78..=82 => FsOp::Rmdir(a),
-        83..=86 => FsOp::Chmod(a, 0o600 | (seed as u32 & 0o177)),
-        _ => FsOp::Read(a),
-    })
+    (
+        0..100u8,
+        name.clone(),
+        name,
+        0..300_000u64,
+        1..70_000usize,
+        any::<u64>(),
+    )
+        .prop_map(|(k, a, b, off, len, seed)| match k {
+            0..=14 => FsOp::Create(a),
+            15..=44 => FsOp::Write(a, off, len, seed),
+            45..=51 => FsOp::Truncate(a, off),
+            52..=58 => FsOp::Rename(a, b),
+            59..=63 => FsOp::Link(a, b),
+            64..=70 => FsOp::Unlink(a),
+            71..=77 => FsOp::Mkdir(a),
+            78..=82 => FsOp::Rmdir(a),
+            83..=86 => FsOp::Chmod(a, 0o600 | (seed as u32 & 0o177)),
+            _ => FsOp::Read(a),
+        })
 }
 
 /// Applies an operation under `root`; returns its outcome as the user sees it: the bytes read
@@ -316,9 +324,18 @@ fn apply(root: &Path, op: &FsOp) -> Result<Vec<u8>, i32> {
     let p = |s: &str| root.join(s);
     let err = |e: std::io::Error| e.raw_os_error().unwrap_or(-1);
     match op {
-        FsOp::Create(a) => std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(p(a)).map(|_| vec![]).map_err(err),
+        FsOp::Create(a) => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p(a))
+            .map(|_| vec![])
+            .map_err(err),
         FsOp::Write(a, off, len, seed) => {
-            let mut f = std::fs::OpenOptions::new().write(true).open(p(a)).map_err(err)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p(a))
+                .map_err(err)?;
             let mut buf = vec![0u8; *len];
             Prng::new(*seed).fill(&mut buf);
             f.seek(SeekFrom::Start(*off)).map_err(err)?;
@@ -326,7 +343,10 @@ fn apply(root: &Path, op: &FsOp) -> Result<Vec<u8>, i32> {
             Ok(vec![])
         }
         FsOp::Truncate(a, size) => {
-            let f = std::fs::OpenOptions::new().write(true).open(p(a)).map_err(err)?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p(a))
+                .map_err(err)?;
             f.set_len(*size).map(|_| vec![]).map_err(err)
         }
         FsOp::Rename(a, b) => std::fs::rename(p(a), p(b)).map(|_| vec![]).map_err(err),
@@ -335,7 +355,9 @@ fn apply(root: &Path, op: &FsOp) -> Result<Vec<u8>, i32> {
         FsOp::Mkdir(a) => std::fs::create_dir(p(a)).map(|_| vec![]).map_err(err),
         FsOp::Rmdir(a) => std::fs::remove_dir(p(a)).map(|_| vec![]).map_err(err),
         FsOp::Chmod(a, mode) => {
-            std::fs::set_permissions(p(a), std::fs::Permissions::from_mode(*mode)).map(|_| vec![]).map_err(err)
+            std::fs::set_permissions(p(a), std::fs::Permissions::from_mode(*mode))
+                .map(|_| vec![])
+                .map_err(err)
         }
         FsOp::Read(a) => std::fs::read(p(a)).map_err(err),
     }
@@ -345,7 +367,15 @@ fn apply(root: &Path, op: &FsOp) -> Result<Vec<u8>, i32> {
 fn shape(root: &Path) -> Vec<(std::path::PathBuf, &'static str, u32, Option<String>, usize)> {
     manifest(root)
         .into_iter()
-        .map(|(k, e)| (k, e.kind, if e.kind == "dir" { 0 } else { e.mode }, e.sha256, e.links.len()))
+        .map(|(k, e)| {
+            (
+                k,
+                e.kind,
+                if e.kind == "dir" { 0 } else { e.mode },
+                e.sha256,
+                e.links.len(),
+            )
+        })
         .collect()
 }
 
@@ -364,12 +394,18 @@ fn random_operations_match_a_reference_directory() {
         .new_tree(&mut runner)
         .expect("generate operations")
         .current();
+    let mut succeeded = 0;
     for (i, op) in ops.iter().enumerate() {
         let want = apply(&reference, op);
         let got = apply(&c.mnt, op);
         assert_eq!(got, want, "operation {i}: {op:?}");
+        succeeded += usize::from(got.is_ok());
         if i % 1000 == 999 {
-            assert_eq!(shape(&c.mnt), shape(&reference), "trees differ after operation {i}");
+            assert_eq!(
+                shape(&c.mnt),
+                shape(&reference),
+                "trees differ after operation {i}"
+            );
             if i % 3000 == 2999 {
                 c.sync();
                 c.cache_drop();
@@ -377,9 +413,93 @@ fn random_operations_match_a_reference_directory() {
         }
     }
     assert_eq!(shape(&c.mnt), shape(&reference));
+    // Not a test of error paths only: a good share of the operations must have done something.
+    assert!(
+        succeeded > 3_000,
+        "only {succeeded} of 10,000 operations succeeded"
+    );
+    eprintln!("{succeeded} of 10,000 operations succeeded on both");
     c.umount();
     c.mount();
     c.cache_drop();
-    assert_eq!(shape(&c.mnt), shape(&reference), "after remount and a cold cache");
+    assert_eq!(
+        shape(&c.mnt),
+        shape(&reference),
+        "after remount and a cold cache"
+    );
+    c.umount();
+}
+
+/// Runs pjdfstest in `dir`; returns the names of the tests that passed and the summary line.
+fn pjdfstest(dir: &Path, config: &Path) -> (std::collections::BTreeSet<String>, String) {
+    let bin = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".cargo/bin/pjdfstest"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "pjdfstest".into());
+    let out = Command::new(&bin)
+        .arg("-c")
+        .arg(config)
+        .arg("-p")
+        .arg(dir)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("pjdfstest is required (cargo install --locked pjdfstest): {e}")
+        });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let passed = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with(" ok"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("no summary")
+        .to_string();
+    (passed, summary)
+}
+
+#[test]
+fn pjdfstest_passes_at_least_95_percent_of_what_passes_on_the_local_disk() {
+    require_root_and_fuse();
+    let root = scratch("pjd");
+    // pjdfstest switches to unprivileged users, who must be able to reach both test directories.
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let config = root.join("pjdfstest.toml");
+    std::fs::write(
+        &config,
+        "[features]\nposix_fallocate = {}\n\n[settings]\nnaptime = 0.001\nallow_remount = false\n\n\
+         [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
+    )
+    .expect("config");
+    let local = root.join("local");
+    std::fs::create_dir_all(&local).expect("mkdir");
+    let (baseline, local_summary) = pjdfstest(&local, &config);
+    assert!(
+        baseline.len() > 300,
+        "pjdfstest did not run on the local disk: {local_summary}"
+    );
+
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    std::fs::set_permissions(&c.mnt, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let (ours, summary) = pjdfstest(&c.mnt, &config);
+    let kept = baseline.intersection(&ours).count();
+    let missing: Vec<_> = baseline.difference(&ours).collect();
+    eprintln!("pjdfstest on the local disk: {local_summary}");
+    eprintln!("pjdfstest on dustfs: {summary}");
+    eprintln!(
+        "dustfs passes {kept} of the {} tests that pass locally; not: {missing:?}",
+        baseline.len()
+    );
+    assert!(
+        kept * 100 >= baseline.len() * 95,
+        "only {kept} of {} pass; failing: {missing:?}",
+        baseline.len()
+    );
     c.umount();
 }
