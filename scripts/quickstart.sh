@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release -p dustfs
 install -m 0755 target/release/dustfs /usr/local/bin/dustfs
+ln -sf /usr/local/bin/dustfs /sbin/mount.dustfs
 exec dustfs quickstart "$@"

@@ -503,3 +503,28 @@ fn pjdfstest_passes_at_least_95_percent_of_what_passes_on_the_local_disk() {
     );
     c.umount();
 }
+
+#[test]
+fn the_cache_mb_option_bounds_the_local_cache() {
+    require_root_and_fuse();
+    let root = scratch("cache");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    ok(c.cmd().arg("mount").arg(&c.mnt).args(["-o", "cache_mb=32"]));
+    let data = root.join("data.bin");
+    write_random(&data, 120 << 20, 5);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    let cached = c.status()["cache_bytes"].as_u64().expect("cache_bytes");
+    assert!(
+        cached <= 32 << 20,
+        "cache holds {cached} bytes with cache_mb=32"
+    );
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    let cached = c.status()["cache_bytes"].as_u64().expect("cache_bytes");
+    assert!(
+        cached <= 32 << 20,
+        "cache holds {cached} bytes after a full read"
+    );
+    c.umount();
+}

@@ -241,15 +241,19 @@ impl Engine {
             .map(<[u8]>::to_vec)
             .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
         self.db.put_cf(&self.cf(cf::CACHE), db::key1(no), &block)?;
-        let victims = {
-            let mut c = lock(&self.cache);
-            c.touch(no, block.len() as u64);
-            c.victims(self.cfg.cache_bytes)
-        };
+        lock(&self.cache).touch(no, block.len() as u64);
+        self.evict()?;
+        out
+    }
+
+    /// Drops least recently used blocks (only those stored on suppliers) until the cache is
+    /// within its configured size.
+    fn evict(&self) -> FsResult<()> {
+        let victims = lock(&self.cache).victims(self.cfg.cache_bytes);
         for v in victims {
             self.forget_cached_block(v)?;
         }
-        out
+        Ok(())
     }
 
     pub(super) fn forget_cached_block(&self, no: u64) -> FsResult<()> {
@@ -482,6 +486,8 @@ impl Engine {
                 c.pinned.remove(&no);
             }
         }
+        // Blocks just stored on suppliers may now leave the cache.
+        self.evict()?;
         drop(up);
         self.notify();
         Ok(stored)

@@ -347,3 +347,52 @@ fn an_unlinked_open_file_stays_readable_until_closed() {
     t.fs.released(a).unwrap();
     assert!(matches!(t.fs.get_inode(a), Err(FsError::NotFound)));
 }
+
+#[test]
+fn the_block_cache_honours_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = MasterSecret::from_bytes(&[42; 32]).unwrap().derive();
+    let store = Arc::new(MemStore::with_suppliers(6, usize::MAX));
+    let cfg = EngineConfig {
+        cache_bytes: 12 << 20,
+        ..EngineConfig::default()
+    };
+    let fs = Engine::open(&dir.path().join("db"), keys.clone(), cfg, store.clone()).unwrap();
+    let t = T {
+        _dir: dir,
+        path: std::path::PathBuf::new(),
+        keys,
+        store,
+        fs,
+    };
+    let data = random(40 << 20, 12);
+    let ino = t.file("big", &data);
+    t.sync();
+    assert!(
+        t.fs.status().unwrap().cache_bytes <= 12 << 20,
+        "{:?}",
+        t.fs.status().unwrap()
+    );
+    assert_eq!(t.read_all(ino), data);
+    assert!(t.fs.status().unwrap().cache_bytes <= 12 << 20);
+}
+
+#[test]
+fn files_past_4_gib_are_sparse_and_read_back() {
+    let t = setup(6, usize::MAX);
+    let i =
+        t.fs.create(ROOT, OsStr::new("huge"), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap()
+            .ino;
+    let off = (5u64 << 30) + 12345;
+    t.fs.write(i, off, b"beyond four gigabytes").unwrap();
+    t.fs.flush(i).unwrap();
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.fs.get_inode(i).unwrap().size, off + 21);
+    assert_eq!(t.fs.read(i, off, 21).unwrap(), b"beyond four gigabytes");
+    assert_eq!(t.fs.read(i, 1 << 30, 4096).unwrap(), vec![0u8; 4096]);
+    // Only the written bytes were stored, not the hole.
+    let stored: usize = (1..=6).map(|s| t.store.used(&format!("s{s}"))).sum();
+    assert!(stored < 1 << 20, "{stored}");
+}
