@@ -511,6 +511,16 @@ fn the_cache_mb_option_bounds_the_local_cache() {
     let net = Testnet::up(&root, 6);
     let (c, _) = Customer::init(&root, &net);
     ok(c.cmd().arg("mount").arg(&c.mnt).args(["-o", "cache_mb=32"]));
+    // statfs reports what the suppliers granted: 6 × 10 GiB, of which 4/6 hold file data.
+    let df = ok(Command::new("df")
+        .args(["-B1", "--output=size"])
+        .arg(&c.mnt));
+    let size: u64 = df
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df size");
+    assert_eq!(size, 40 << 30, "df reports {size} bytes");
     let data = root.join("data.bin");
     write_random(&data, 120 << 20, 5);
     ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));

@@ -38,6 +38,8 @@ pub trait ShardStore: Send + Sync {
     fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError>;
     /// Deletes a shard from a supplier.
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError>;
+    /// Bytes this customer stores on a supplier, and the quota the supplier grants it.
+    fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError>;
 }
 
 /// An in-memory store for engine tests: named suppliers, each with a quota, that can be taken
@@ -157,6 +159,22 @@ impl ShardStore for MemStore {
             *x ^= 0x55;
         }
         Ok(b)
+    }
+
+    fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError> {
+        let g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        let used = g
+            .shards
+            .get(supplier)
+            .map(|m| m.values().map(Vec::len).sum::<usize>())
+            .unwrap_or(0);
+        Ok((
+            used as u64,
+            g.quota.get(supplier).copied().unwrap_or(0) as u64,
+        ))
     }
 
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {

@@ -127,6 +127,22 @@ impl ShardStore for NetStore {
         }
     }
 
+    fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError> {
+        match self.call(
+            supplier,
+            &Request::Usage {
+                customer: self.customer(),
+            },
+        )? {
+            Response::Usage { used, quota } => Ok((used, quota)),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
         let env = Envelope::sign(&self.key, Op::Delete { shard: *id });
         match self.call(supplier, &Request::Delete(env))? {

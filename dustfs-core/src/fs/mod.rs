@@ -212,6 +212,8 @@ pub struct Engine {
     cache: Mutex<blocks::CacheIndex>,
     queued_bytes: AtomicU64,
     corrupt_shards: AtomicU64,
+    /// Supplier space (used, granted) as file-data bytes, and when it was asked.
+    space: Mutex<Option<(Instant, (u64, u64))>>,
     /// Signalled when uploads progress or new blocks are queued.
     progress: (Mutex<u64>, Condvar),
     started: Instant,
@@ -282,6 +284,7 @@ impl Engine {
             cache: Mutex::new(blocks::CacheIndex::default()),
             queued_bytes: AtomicU64::new(0),
             corrupt_shards: AtomicU64::new(0),
+            space: Mutex::new(None),
             progress: (Mutex::new(0), Condvar::new()),
             started: Instant::now(),
             cfg,
@@ -980,20 +983,41 @@ impl Engine {
         Ok(())
     }
 
-    /// Numbers for statfs.
+    /// Numbers for statfs: the space the suppliers granted, as room for file data (each
+    /// block puts one shard on each of k+m suppliers, so k/(k+m) of the granted bytes hold
+    /// data). Asked of the suppliers at most every 30 s; cached in between.
     pub fn stats(&self) -> FsResult<FsStats> {
         let inodes = self
             .db
             .property_int_value_cf(&self.cf(cf::INODES), "rocksdb.estimate-num-keys")?
             .unwrap_or(0);
-        let used = self
-            .db
-            .property_int_value_cf(&self.cf(cf::CHUNKS), "rocksdb.estimate-num-keys")?
-            .unwrap_or(0)
-            * crate::chunk::AVG_CHUNK as u64;
+        let mut cached = lock(&self.space);
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < std::time::Duration::from_secs(30));
+        if !fresh {
+            let suppliers = self.store.suppliers();
+            let answers: Vec<(u64, u64)> = std::thread::scope(|s| {
+                let hs: Vec<_> = suppliers
+                    .iter()
+                    .map(|sup| s.spawn(move || self.store.usage(sup)))
+                    .collect();
+                hs.into_iter()
+                    .filter_map(|h| h.join().ok())
+                    .filter_map(Result::ok)
+                    .collect()
+            });
+            let (used, granted) = answers
+                .iter()
+                .fold((0u64, 0u64), |(u, g), (au, ag)| (u + au, g + ag));
+            let r = self.cfg.redundancy;
+            let scale = |b: u64| b / r.total() as u64 * r.k as u64;
+            *cached = Some((Instant::now(), (scale(used), scale(granted))));
+        }
+        let (used_bytes, total_bytes) = cached.as_ref().map(|(_, v)| *v).unwrap_or((0, 0));
         Ok(FsStats {
-            used_bytes: used,
-            total_bytes: 1 << 40,
+            used_bytes,
+            total_bytes,
             inodes,
         })
     }

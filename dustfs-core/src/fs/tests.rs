@@ -396,3 +396,12 @@ fn files_past_4_gib_are_sparse_and_read_back() {
     let stored: usize = (1..=6).map(|s| t.store.used(&format!("s{s}"))).sum();
     assert!(stored < 1 << 20, "{stored}");
 }
+
+#[test]
+fn statfs_reports_the_space_suppliers_granted() {
+    let t = setup(6, 100 << 20);
+    let s = t.fs.stats().unwrap();
+    // 6 suppliers × 100 MiB, of which 4/6 hold data.
+    assert_eq!(s.total_bytes, 400 << 20);
+    assert_eq!(s.used_bytes, 0);
+}
