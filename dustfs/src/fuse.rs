@@ -565,6 +565,32 @@ impl Filesystem for DustFs {
         self.empty("removexattr", self.engine.removexattr(ino, name), reply);
     }
 
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if offset < 0 || length <= 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0
+            || (punch && !keep_size)
+        {
+            return reply.error(libc::EOPNOTSUPP);
+        }
+        let r = self
+            .engine
+            .fallocate(ino, offset as u64, length as u64, !keep_size, punch);
+        self.empty("fallocate", r, reply);
+    }
+
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions); only existence here.
         self.empty("access", self.engine.get_inode(ino).map(|_| ()), reply);

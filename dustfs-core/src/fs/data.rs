@@ -172,6 +172,41 @@ impl Engine {
         Ok(data.len() as u32)
     }
 
+    /// fallocate: `extend` makes the file at least `off + len` long (dustfs reserves no local
+    /// space: the data lives on suppliers); `punch` turns the range into a hole, keeping the size.
+    pub fn fallocate(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: u64,
+        extend: bool,
+        punch: bool,
+    ) -> FsResult<()> {
+        let mut st = lock(&self.state);
+        let mut inode = self.get_inode(ino)?;
+        match inode.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid),
+        }
+        let end = off.checked_add(len).ok_or(FsError::Invalid)?;
+        let mut b = WriteBatch::default();
+        let now = Ts::now();
+        if punch {
+            let to = end.min(inode.size);
+            if to > off {
+                self.replace_range(&mut st, &mut b, ino, off, to - off, None)?;
+                inode.mtime = now;
+                inode.ctime = now;
+            }
+        } else if extend && end > inode.size {
+            inode.size = end;
+            inode.ctime = now;
+        }
+        self.put_inode(&mut b, &inode);
+        self.write_extents(&mut st, ino, b)
+    }
+
     /// Reads up to `size` bytes at `off` (short at end of file).
     pub fn read(&self, ino: Ino, off: u64, size: u32) -> FsResult<Vec<u8>> {
         let mut pieces = Vec::new();

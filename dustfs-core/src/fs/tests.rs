@@ -405,3 +405,16 @@ fn statfs_reports_the_space_suppliers_granted() {
     assert_eq!(s.total_bytes, 400 << 20);
     assert_eq!(s.used_bytes, 0);
 }
+
+#[test]
+fn fallocate_extends_and_punches_holes() {
+    let t = setup(6, usize::MAX);
+    let a = t.file("a", &random(300_000, 3));
+    t.fs.fallocate(a, 0, 1 << 20, true, false).unwrap();
+    assert_eq!(t.fs.get_inode(a).unwrap().size, 1 << 20);
+    t.fs.fallocate(a, 1000, 5000, false, true).unwrap();
+    let mut want = random(300_000, 3);
+    want[1000..6000].fill(0);
+    want.resize(1 << 20, 0);
+    assert_eq!(t.read_all(a), want);
+}
