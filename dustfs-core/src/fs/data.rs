@@ -128,18 +128,23 @@ impl Engine {
         Ok(())
     }
 
+    /// The inode of a regular file (EISDIR for a directory, EINVAL for anything else).
+    fn file_inode(&self, ino: Ino) -> FsResult<super::Inode> {
+        let inode = self.get_inode(ino)?;
+        match inode.kind {
+            Kind::File => Ok(inode),
+            Kind::Dir => Err(FsError::IsDir),
+            _ => Err(FsError::Invalid),
+        }
+    }
+
     /// Writes `data` at `off`; returns the bytes written.
     pub fn write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<u32> {
         if data.is_empty() {
             return Ok(0);
         }
         let mut st = lock(&self.state);
-        let mut inode = self.get_inode(ino)?;
-        match inode.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid),
-        }
+        let mut inode = self.file_inode(ino)?;
         let len = data.len() as u64;
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -183,12 +188,7 @@ impl Engine {
         punch: bool,
     ) -> FsResult<()> {
         let mut st = lock(&self.state);
-        let mut inode = self.get_inode(ino)?;
-        match inode.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid),
-        }
+        let mut inode = self.file_inode(ino)?;
         let end = off.checked_add(len).ok_or(FsError::Invalid)?;
         let mut b = WriteBatch::default();
         let now = Ts::now();
@@ -213,12 +213,7 @@ impl Engine {
         let mut out;
         {
             let mut st = lock(&self.state);
-            let inode = self.get_inode(ino)?;
-            match inode.kind {
-                Kind::File => {}
-                Kind::Dir => return Err(FsError::IsDir),
-                _ => return Err(FsError::Invalid),
-            }
+            let inode = self.file_inode(ino)?;
             if off >= inode.size {
                 return Ok(Vec::new());
             }
