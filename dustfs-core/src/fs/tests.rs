@@ -418,3 +418,68 @@ fn fallocate_extends_and_punches_holes() {
     want.resize(1 << 20, 0);
     assert_eq!(t.read_all(a), want);
 }
+
+#[test]
+fn writers_wait_while_the_upload_queue_is_full_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = MasterSecret::from_bytes(&[42; 32]).unwrap().derive();
+    let store = Arc::new(MemStore::with_suppliers(6, usize::MAX));
+    for s in 1..=6 {
+        store.set_offline(&format!("s{s}"), true);
+    }
+    let cfg = EngineConfig {
+        outbox_limit_bytes: 8 << 20,
+        commit_bytes: 4 << 20,
+        ..EngineConfig::default()
+    };
+    let fs = Engine::open(&dir.path().join("db"), keys, cfg, store.clone()).unwrap();
+    let data = random(40 << 20, 13);
+    let ino = fs
+        .create(ROOT, OsStr::new("f"), Kind::File, 0o644, 0, 0, 0, None)
+        .unwrap()
+        .ino;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (fs, data, done) = (fs.clone(), data.clone(), done.clone());
+        std::thread::spawn(move || {
+            for (n, piece) in data.chunks(1 << 20).enumerate() {
+                fs.write(ino, (n << 20) as u64, piece).unwrap();
+            }
+            fs.flush(ino).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    // With every supplier offline nothing can drain: the writer must be held at the limit
+    // (40 MiB of data is 60 MiB of shards, the queue takes 8 MiB).
+    while fs.status().unwrap().queued_bytes < 8 << 20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !done.load(std::sync::atomic::Ordering::SeqCst),
+        "the writer was not slowed down"
+    );
+    let queued = fs.status().unwrap().queued_bytes;
+    assert!(
+        queued <= 16 << 20,
+        "queue grew to {queued}: over the limit by more than a block"
+    );
+    // Suppliers come back: uploads drain the queue and the writer finishes, without errors.
+    for s in 1..=6 {
+        store.set_offline(&format!("s{s}"), false);
+    }
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        fs.upload_round().unwrap();
+    }
+    writer.join().unwrap();
+    fs.seal_all().unwrap();
+    while fs.pending().unwrap().0 > 0 {
+        fs.upload_round().unwrap();
+    }
+    fs.cache_drop().unwrap();
+    let mut back = Vec::new();
+    while back.len() < data.len() {
+        back.extend(fs.read(ino, back.len() as u64, 1 << 20).unwrap());
+    }
+    assert!(back == data);
+}
