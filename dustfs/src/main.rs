@@ -223,17 +223,15 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Quickstart { dir } => quickstart(&dir),
         Cmd::Fsm { dot, name } => {
             use fsm::block::BlockMachine;
-            match name.as_str() {
-                "block" => print!(
-                    "{}",
-                    if dot {
-                        fsm::dot::<BlockMachine>()
-                    } else {
-                        fsm::table::<BlockMachine>()
-                    }
-                ),
-                other => bail!("unknown state machine {other:?}; known: block"),
-            }
+            use fsm::supplier::SupplierMachine;
+            let text = match (name.as_str(), dot) {
+                ("block", true) => fsm::dot::<BlockMachine>(),
+                ("block", false) => fsm::table::<BlockMachine>(),
+                ("supplier", true) => fsm::dot::<SupplierMachine>(),
+                ("supplier", false) => fsm::table::<SupplierMachine>(),
+                (other, _) => bail!("unknown state machine {other:?}; known: block, supplier"),
+            };
+            print!("{text}");
             Ok(())
         }
     }

@@ -3,6 +3,7 @@
 //! Every machine can print its transition table and a Graphviz drawing from the code itself.
 
 pub mod block;
+pub mod supplier;
 
 /// A printable machine: its name and every (from, event, to) edge.
 pub trait Machine {
@@ -42,12 +43,16 @@ mod tests {
     /// this fails when they are out of date.
     #[test]
     fn the_drawings_in_docs_are_up_to_date() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/fsm/block.dot");
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert_eq!(
-            on_disk,
-            dot::<block::BlockMachine>(),
-            "regenerate with: dustfs fsm --dot block > docs/fsm/block.dot"
-        );
+        for (name, drawing) in [
+            ("block", dot::<block::BlockMachine>()),
+            ("supplier", dot::<supplier::SupplierMachine>()),
+        ] {
+            let path = format!("{}/../docs/fsm/{name}.dot", env!("CARGO_MANIFEST_DIR"));
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                on_disk, drawing,
+                "regenerate with: dustfs fsm --dot {name} > docs/fsm/{name}.dot"
+            );
+        }
     }
 }
