@@ -147,14 +147,13 @@ impl Supplier {
                 self.missed = 0;
                 self.suspect_since = None;
             }
-            (S::Suspect, E::Tick) => {
+            (S::Suspect, E::Tick)
                 if self
                     .suspect_since
-                    .is_some_and(|t| now_ms >= t.saturating_add(cfg.grace_ms))
-                {
-                    self.state = S::Offline;
-                    self.suspect_since = None;
-                }
+                    .is_some_and(|t| now_ms >= t.saturating_add(cfg.grace_ms)) =>
+            {
+                self.state = S::Offline;
+                self.suspect_since = None;
             }
             (S::Contracted | S::Active | S::Suspect, E::AuditFailed) => {
                 self.state = S::Offline;
