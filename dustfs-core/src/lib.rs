@@ -15,4 +15,5 @@ pub mod fsm;
 pub mod keys;
 pub mod seal;
 pub mod shard;
+pub mod sim;
 pub mod store;
