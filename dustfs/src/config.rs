@@ -38,6 +38,33 @@ pub struct Config {
     pub storage: Storage,
     /// The supplier side: what this node grants others.
     pub supplier: Supplier,
+    /// Liveness checks of suppliers and repair.
+    pub repair: Repair,
+}
+
+/// Liveness checks and repair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Repair {
+    /// Seconds between liveness checks (and repair passes).
+    pub check_interval_secs: u64,
+    /// Missed checks in a row that make a supplier suspect.
+    pub suspect_after: u32,
+    /// Seconds a supplier may stay suspect before its shards are rebuilt elsewhere.
+    pub grace_secs: u64,
+    /// Blocks rebuilt per repair pass (bounds the work done in the background at once).
+    pub blocks_per_pass: usize,
+}
+
+impl Default for Repair {
+    fn default() -> Self {
+        Self {
+            check_interval_secs: 30,
+            suspect_after: 2,
+            grace_secs: 600,
+            blocks_per_pass: 8,
+        }
+    }
 }
 
 /// How this node stores its own data.
@@ -75,6 +102,7 @@ impl Default for Config {
             ],
             storage: Storage::default(),
             supplier: Supplier::default(),
+            repair: Repair::default(),
         }
     }
 }

@@ -78,6 +78,15 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &ControlReply) -> Res
 pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
     let e = engine.status()?;
     let n = node.status();
+    let (supplier_states, by_live, requeued) = engine.repair_status()?;
+    let mut suppliers_by_state = std::collections::BTreeMap::<String, u64>::new();
+    for st in supplier_states.values() {
+        *suppliers_by_state.entry(st.clone()).or_default() += 1;
+    }
+    let by_live: std::collections::BTreeMap<String, u64> = by_live
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     Ok(serde_json::json!({
         "peer_id": n.peer_id,
         "listen": n.listen,
@@ -90,6 +99,10 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "cache_bytes": e.cache_bytes,
         "corrupt_shards_detected": e.corrupt_shards,
         "db_memtable_bytes": e.db_memtables,
+        "supplier_states": supplier_states,
+        "suppliers_by_state": suppliers_by_state,
+        "blocks_by_live_shards": by_live,
+        "repair": { "shards_requeued": requeued },
         "redundancy": { "k": engine.config().redundancy.k, "m": engine.config().redundancy.m },
     }))
 }

@@ -201,6 +201,38 @@ pub fn run_mount(
                 }
             })?
     };
+    // Liveness checks of suppliers and repair of blocks that lost shards, in the background.
+    let repairer = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        let rcfg = cfg.repair.clone();
+        std::thread::Builder::new()
+            .name("repair".into())
+            .spawn(move || {
+                let scfg = dustfs_core::fsm::supplier::SupplierConfig {
+                    suspect_after: rcfg.suspect_after,
+                    grace_ms: rcfg.grace_secs * 1000,
+                };
+                let interval = Duration::from_secs(rcfg.check_interval_secs.max(1));
+                let mut next_round = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    if Instant::now() >= next_round {
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0);
+                        if let Err(e) = engine.liveness_round(now_ms, &scfg) {
+                            warn!(error = %e, "liveness round failed");
+                        }
+                        if let Err(e) = engine.repair_round(rcfg.blocks_per_pass) {
+                            warn!(error = %e, "repair round failed");
+                        }
+                        next_round = Instant::now() + interval;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })?
+    };
     let sock = home.path("control.sock");
     rt.spawn(crate::control::serve(
         sock.clone(),
@@ -280,6 +312,7 @@ pub fn run_mount(
     }
     stop.store(true, Ordering::SeqCst);
     let _ = uploader.join();
+    let _ = repairer.join();
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(home.path("mount.pid"));
     drop(engine);

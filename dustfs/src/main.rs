@@ -432,6 +432,18 @@ fn status(home: &Home, json: bool) -> Result<()> {
         }
     }
     println!();
+    if let Some(b) = out["suppliers_by_state"].as_object() {
+        let parts: Vec<String> = b.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("suppliers  by state: {}", parts.join(" "));
+    }
+    if let Some(b) = out["blocks_by_live_shards"].as_object() {
+        let parts: Vec<String> = b.iter().map(|(k, v)| format!("{v} with {k}")).collect();
+        println!(
+            "redundancy {} (live shards per block); repair requeued {} shards",
+            parts.join(", "),
+            out["repair"]["shards_requeued"]
+        );
+    }
     println!(
         "cache      {} MiB",
         out["cache_bytes"].as_u64().unwrap_or(0) >> 20

@@ -163,7 +163,7 @@ impl Engine {
         Ok(())
     }
 
-    fn notify(&self) {
+    pub(super) fn notify(&self) {
         let (m, cv) = &self.progress;
         *lock(m) += 1;
         cv.notify_all();
@@ -206,7 +206,7 @@ impl Engine {
         Ok(())
     }
 
-    fn block_record(&self, no: u64) -> FsResult<Option<BlockRecord>> {
+    pub(super) fn block_record(&self, no: u64) -> FsResult<Option<BlockRecord>> {
         match self.db.get_cf(&self.cf(cf::BLOCKS), db::key1(no))? {
             Some(v) => Ok(Some(db::decode(cf::BLOCKS, &v)?)),
             None => Ok(None),
@@ -268,7 +268,7 @@ impl Engine {
 
     /// Fetches a block from its suppliers: the k data shards first, then parity shards for
     /// whatever is missing or fails verification, and rebuilds it.
-    fn fetch_block(&self, no: u64) -> FsResult<Vec<u8>> {
+    pub(super) fn fetch_block(&self, no: u64) -> FsResult<Vec<u8>> {
         let rec = self
             .block_record(no)?
             .ok_or_else(|| FsError::Corrupt(format!("block {no} has no record")))?;
@@ -338,8 +338,10 @@ impl Engine {
                         "shard has the wrong index; using others"
                     ),
                     Err(e) => {
-                        // The supplier returned bytes that are not the shard it acknowledged.
+                        // The supplier returned bytes that are not the shard it acknowledged:
+                        // it no longer holds that shard, so the block is repaired elsewhere.
                         self.corrupt_shards.fetch_add(1, Ordering::Relaxed);
+                        self.shard_corrupt(no, i)?;
                         warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "corrupt shard; rebuilding from others");
                     }
                 }
@@ -377,7 +379,7 @@ impl Engine {
             .store
             .suppliers()
             .into_iter()
-            .filter(|s| !up.suspect.contains_key(s))
+            .filter(|s| !up.suspect.contains_key(s) && self.placeable(s))
             .collect();
         let mut jobs: Vec<(u64, usize, SupplierId, ShardId, Vec<u8>)> = Vec::new();
         let mut records: HashMap<u64, BlockRecord> = HashMap::new();

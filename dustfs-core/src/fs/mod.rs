@@ -8,6 +8,7 @@
 
 mod blocks;
 mod data;
+mod repair;
 pub mod types;
 
 use std::collections::{HashMap, HashSet};
@@ -209,6 +210,7 @@ pub struct Engine {
     state: Mutex<State>,
     chunk_cache: Mutex<lru::LruCache<ChunkId, Arc<Vec<u8>>>>,
     up: Mutex<blocks::Uploader>,
+    suppliers: Mutex<repair::Suppliers>,
     cache: Mutex<blocks::CacheIndex>,
     queued_bytes: AtomicU64,
     corrupt_shards: AtomicU64,
@@ -281,6 +283,7 @@ impl Engine {
                 std::num::NonZeroUsize::MIN.saturating_add(15),
             )),
             up: Mutex::new(blocks::Uploader::default()),
+            suppliers: Mutex::new(repair::Suppliers::default()),
             cache: Mutex::new(blocks::CacheIndex::default()),
             queued_bytes: AtomicU64::new(0),
             corrupt_shards: AtomicU64::new(0),

@@ -483,3 +483,84 @@ fn writers_wait_while_the_upload_queue_is_full_and_lose_nothing() {
     }
     assert!(back == data);
 }
+
+#[test]
+fn a_supplier_gone_past_its_grace_period_is_replaced_and_its_blocks_rebuilt() {
+    use crate::fsm::supplier::SupplierConfig;
+    let t = setup(8, usize::MAX);
+    let data = random(20 << 20, 14);
+    let ino = t.file("a", &data);
+    t.sync();
+    let holders_of = |s: &str| -> usize {
+        let (_, _, _) = t.fs.repair_status().unwrap();
+        t.fs.all_blocks_for_test()
+            .iter()
+            .filter(|r| r.shards.iter().any(|x| x.supplier.as_deref() == Some(s)))
+            .count()
+    };
+    assert!(holders_of("s1") > 0 && holders_of("s2") > 0);
+    t.store.set_offline("s1", true);
+    t.store.set_offline("s2", true);
+    let cfg = SupplierConfig {
+        suspect_after: 2,
+        grace_ms: 3000,
+    };
+    // Missed checks at 0 and 1000 make them suspect; the grace period ends at 4000.
+    for now in [0, 1000, 2000, 3000] {
+        assert!(
+            t.fs.liveness_round(now, &cfg).unwrap().is_empty(),
+            "replaced before the grace period ended"
+        );
+    }
+    let gone = t.fs.liveness_round(4000, &cfg).unwrap();
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert!(t.fs.status().unwrap().blocks["degraded"] > 0);
+    while t.fs.repair_round(8).unwrap() > 0 {}
+    t.sync();
+    let st = t.fs.status().unwrap();
+    assert_eq!(
+        st.blocks["healthy"],
+        st.blocks.values().sum::<u64>(),
+        "{st:?}"
+    );
+    assert_eq!(holders_of("s1") + holders_of("s2"), 0);
+    // Every block has 6 shards on 6 distinct live suppliers: two more may fail.
+    for r in t.fs.all_blocks_for_test() {
+        let sups: std::collections::HashSet<_> =
+            r.shards.iter().filter_map(|x| x.supplier.clone()).collect();
+        assert_eq!(sups.len(), 6);
+    }
+    t.store.set_offline("s3", true);
+    t.store.set_offline("s4", true);
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
+
+#[test]
+fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
+    let t = setup(7, usize::MAX);
+    let data = random(6 << 20, 15);
+    let ino = t.file("a", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    // Corrupt the supplier of the first block's first data shard (reads fetch data shards).
+    let bad = t.fs.all_blocks_for_test()[0].shards[0]
+        .supplier
+        .clone()
+        .unwrap();
+    t.store.set_corrupt(&bad);
+    assert_eq!(t.read_all(ino), data);
+    assert!(t.fs.status().unwrap().blocks["degraded"] > 0);
+    while t.fs.repair_round(8).unwrap() > 0 {}
+    // The corrupting supplier would be taken out by its failed audits; here, directly.
+    t.store.set_offline(&bad, true);
+    t.sync();
+    let st = t.fs.status().unwrap();
+    assert_eq!(
+        st.blocks["healthy"],
+        st.blocks.values().sum::<u64>(),
+        "{st:?}"
+    );
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}

@@ -1,0 +1,258 @@
+//! Self-repair: liveness checks drive one supplier state machine per supplier; a supplier that
+//! stays silent past its grace period (or returns corrupt shards) loses its shards in every
+//! block record, and the repair pass rebuilds those blocks from any k shards and queues the
+//! missing shards for upload to other suppliers, most endangered blocks first.
+//!
+//! Crash safety: losing a shard and queueing its rebuilt copy are each one RocksDB batch with
+//! the block record, and the upload queue is the durable repair queue: a crash at any point
+//! leaves blocks degraded (repaired on the next pass) or repairing (uploads resume).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use rocksdb::WriteBatch;
+use tracing::{info, warn};
+
+use super::{BlockRecord, Engine, FsError, FsResult, lock};
+use crate::db::{self, cf};
+use crate::erasure;
+use crate::fsm::block::{BlockEvent, BlockState, next};
+use crate::fsm::supplier::{
+    Supplier, SupplierAction, SupplierConfig, SupplierEvent, SupplierState,
+};
+use crate::store::{StoreError, SupplierId};
+
+/// The engine's view of its suppliers.
+#[derive(Default)]
+pub(super) struct Suppliers {
+    pub(super) machines: HashMap<SupplierId, Supplier>,
+    pub(super) requeued_shards: u64,
+}
+
+impl Engine {
+    fn all_blocks(&self) -> FsResult<Vec<(u64, BlockRecord)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(&self.cf(cf::BLOCKS), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if let Some(no) = db::be_u64(&k, 0) {
+                out.push((no, db::decode(cf::BLOCKS, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether new shards may go to this supplier (not suspect, offline or replaced).
+    pub(super) fn placeable(&self, s: &SupplierId) -> bool {
+        lock(&self.suppliers).machines.get(s).is_none_or(|m| {
+            matches!(
+                m.state(),
+                SupplierState::Active | SupplierState::Contracted | SupplierState::Candidate
+            )
+        })
+    }
+
+    /// One round of liveness checks at `now_ms` (the caller's clock): every supplier that holds
+    /// our shards or that the store offers is asked for its usage, in parallel. Suppliers that
+    /// go offline lose their shards in every block. Returns those suppliers.
+    pub fn liveness_round(&self, now_ms: u64, cfg: &SupplierConfig) -> FsResult<Vec<SupplierId>> {
+        let mut targets: HashSet<SupplierId> = self.store.suppliers().into_iter().collect();
+        for (_, rec) in self.all_blocks()? {
+            targets.extend(rec.shards.into_iter().filter_map(|s| s.supplier));
+        }
+        {
+            let sup = lock(&self.suppliers);
+            targets.retain(|s| {
+                !sup.machines.get(s).is_some_and(|m| {
+                    matches!(m.state(), SupplierState::Offline | SupplierState::Replaced)
+                })
+            });
+        }
+        let answers: Vec<(SupplierId, bool)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = targets
+                .iter()
+                .map(|s| {
+                    sc.spawn(move || {
+                        let alive = !matches!(self.store.usage(s), Err(StoreError::Unreachable(_)));
+                        (s.clone(), alive)
+                    })
+                })
+                .collect();
+            hs.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        let mut gone = Vec::new();
+        {
+            let mut sup = lock(&self.suppliers);
+            for (s, alive) in answers {
+                // A supplier first seen here already holds shards or was just offered by the
+                // DHT with a quota: it starts active.
+                let m = sup.machines.entry(s.clone()).or_insert_with(|| {
+                    let mut m = Supplier::default();
+                    m.handle(now_ms, SupplierEvent::Contracted, cfg);
+                    m.handle(now_ms, SupplierEvent::Stored, cfg);
+                    m
+                });
+                let ev = if alive {
+                    SupplierEvent::CheckOk
+                } else {
+                    SupplierEvent::CheckMissed
+                };
+                let a = m.handle(now_ms, ev, cfg);
+                let b = m.handle(now_ms, SupplierEvent::Tick, cfg);
+                if a == Some(SupplierAction::RepairBlocks)
+                    || b == Some(SupplierAction::RepairBlocks)
+                {
+                    gone.push(s);
+                }
+            }
+        }
+        for s in &gone {
+            let n = self.supplier_lost(s)?;
+            warn!(supplier = %s, blocks = n, "supplier offline past its grace period; its blocks are degraded");
+            let mut sup = lock(&self.suppliers);
+            if let Some(m) = sup.machines.get_mut(s) {
+                m.handle(now_ms, SupplierEvent::Replaced, cfg);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Marks every shard held by `s` as lost. Returns the number of blocks affected.
+    pub fn supplier_lost(&self, s: &SupplierId) -> FsResult<usize> {
+        let _up = lock(&self.up);
+        let mut n = 0;
+        for (no, mut rec) in self.all_blocks()? {
+            let lost: Vec<usize> = (0..rec.shards.len())
+                .filter(|&i| rec.shards[i].supplier.as_ref() == Some(s))
+                .collect();
+            if lost.is_empty() {
+                continue;
+            }
+            self.lose_shards(no, &mut rec, &lost)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Forgets where shards `lost` of block `no` were and moves the block to degraded (or lost).
+    fn lose_shards(&self, no: u64, rec: &mut BlockRecord, lost: &[usize]) -> FsResult<()> {
+        for &i in lost {
+            rec.shards[i].supplier = None;
+        }
+        let ev = BlockEvent::ShardLost {
+            live: rec.stored(),
+            k: rec.redundancy.k as usize,
+        };
+        if let Some(t) = next(rec.state, ev) {
+            rec.state = t;
+        }
+        self.db
+            .put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&*rec))?;
+        Ok(())
+    }
+
+    /// A fetched shard failed verification: its supplier no longer holds it, so the block is
+    /// degraded and will be repaired.
+    pub(super) fn shard_corrupt(&self, no: u64, index: usize) -> FsResult<()> {
+        let _up = lock(&self.up);
+        let Some(mut rec) = self.block_record(no)? else {
+            return Ok(());
+        };
+        if rec.shards.get(index).is_some_and(|s| s.supplier.is_some()) {
+            self.lose_shards(no, &mut rec, &[index])?;
+        }
+        Ok(())
+    }
+
+    /// One repair pass: rebuilds up to `max_blocks` degraded blocks, fewest live shards first,
+    /// and queues their missing shards for upload. Returns the number of blocks queued.
+    pub fn repair_round(&self, max_blocks: usize) -> FsResult<usize> {
+        let mut degraded: Vec<(usize, u64)> = self
+            .all_blocks()?
+            .into_iter()
+            .filter(|(_, r)| r.state == BlockState::Degraded)
+            .map(|(no, r)| (r.stored(), no))
+            .collect();
+        degraded.sort_unstable();
+        let mut queued = 0;
+        for (_, no) in degraded.into_iter().take(max_blocks) {
+            // Rebuild outside the uploader's lock (it fetches from suppliers).
+            let block = match self.fetch_block(no) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(block = no, error = %e, "cannot rebuild the block now; will retry");
+                    continue;
+                }
+            };
+            let _up = lock(&self.up);
+            let Some(mut rec) = self.block_record(no)? else {
+                continue;
+            };
+            if rec.state != BlockState::Degraded {
+                continue;
+            }
+            let shards = erasure::encode(rec.redundancy, &block)?;
+            let mut b = WriteBatch::default();
+            let mut bytes = 0;
+            let mut count = 0;
+            for (i, (id, data)) in shards.iter().enumerate() {
+                if rec.shards.get(i).is_some_and(|s| s.supplier.is_none()) {
+                    if *id != rec.shards[i].id {
+                        return Err(FsError::Corrupt(format!(
+                            "block {no}: rebuilt shard {i} differs from its record"
+                        )));
+                    }
+                    b.put_cf(&self.cf(cf::OUTBOX), db::key2(no, i as u64), data);
+                    bytes += data.len() as u64;
+                    count += 1;
+                }
+            }
+            if let Some(t) = next(rec.state, BlockEvent::RepairStart) {
+                rec.state = t;
+            }
+            b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
+            self.db.write(b)?;
+            self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+            lock(&self.suppliers).requeued_shards += count;
+            info!(
+                block = no,
+                shards = count,
+                "block rebuilt; missing shards queued for new suppliers"
+            );
+            queued += 1;
+        }
+        if queued > 0 {
+            self.notify();
+        }
+        Ok(queued)
+    }
+
+    /// Every block record (tests).
+    #[cfg(test)]
+    pub(super) fn all_blocks_for_test(&self) -> Vec<BlockRecord> {
+        self.all_blocks()
+            .map(|v| v.into_iter().map(|(_, r)| r).collect())
+            .unwrap_or_default()
+    }
+
+    /// Suppliers by state name, blocks by live shards, and shards requeued by repair so far.
+    pub fn repair_status(&self) -> FsResult<(BTreeMap<String, String>, BTreeMap<usize, u64>, u64)> {
+        let (states, requeued) = {
+            let sup = lock(&self.suppliers);
+            (
+                sup.machines
+                    .iter()
+                    .map(|(s, m)| (s.clone(), m.state().name().to_string()))
+                    .collect(),
+                sup.requeued_shards,
+            )
+        };
+        let mut by_live = BTreeMap::new();
+        for (_, rec) in self.all_blocks()? {
+            *by_live.entry(rec.stored()).or_default() += 1;
+        }
+        Ok((states, by_live, requeued))
+    }
+}
