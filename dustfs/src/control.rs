@@ -78,7 +78,12 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &ControlReply) -> Res
 pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
     let e = engine.status()?;
     let n = node.status();
-    let (supplier_states, by_live, requeued) = engine.repair_status()?;
+    let r = engine.repair_status()?;
+    let (supplier_states, by_live, requeued) = (
+        r.supplier_states,
+        r.blocks_by_live_shards,
+        r.shards_requeued,
+    );
     let mut suppliers_by_state = std::collections::BTreeMap::<String, u64>::new();
     for st in supplier_states.values() {
         *suppliers_by_state.entry(st.clone()).or_default() += 1;

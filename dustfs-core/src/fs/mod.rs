@@ -27,6 +27,7 @@ use crate::db::{self, DbError, Rdb, cf};
 use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
+pub use repair::RepairStatus;
 pub use types::*;
 
 /// Tunables of the engine.

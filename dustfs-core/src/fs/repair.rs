@@ -22,6 +22,17 @@ use crate::fsm::supplier::{
 };
 use crate::store::{StoreError, SupplierId};
 
+/// What `dustfs status` shows of repair.
+#[derive(Debug, Clone)]
+pub struct RepairStatus {
+    /// Each known supplier's state name.
+    pub supplier_states: BTreeMap<String, String>,
+    /// Blocks by the number of shards stored on suppliers.
+    pub blocks_by_live_shards: BTreeMap<usize, u64>,
+    /// Shards rebuilt and queued for new suppliers since start.
+    pub shards_requeued: u64,
+}
+
 /// The engine's view of its suppliers.
 #[derive(Default)]
 pub(super) struct Suppliers {
@@ -238,7 +249,7 @@ impl Engine {
     }
 
     /// Suppliers by state name, blocks by live shards, and shards requeued by repair so far.
-    pub fn repair_status(&self) -> FsResult<(BTreeMap<String, String>, BTreeMap<usize, u64>, u64)> {
+    pub fn repair_status(&self) -> FsResult<RepairStatus> {
         let (states, requeued) = {
             let sup = lock(&self.suppliers);
             (
@@ -253,6 +264,10 @@ impl Engine {
         for (_, rec) in self.all_blocks()? {
             *by_live.entry(rec.stored()).or_default() += 1;
         }
-        Ok((states, by_live, requeued))
+        Ok(RepairStatus {
+            supplier_states: states,
+            blocks_by_live_shards: by_live,
+            shards_requeued: requeued,
+        })
     }
 }

@@ -492,7 +492,6 @@ fn a_supplier_gone_past_its_grace_period_is_replaced_and_its_blocks_rebuilt() {
     let ino = t.file("a", &data);
     t.sync();
     let holders_of = |s: &str| -> usize {
-        let (_, _, _) = t.fs.repair_status().unwrap();
         t.fs.all_blocks_for_test()
             .iter()
             .filter(|r| r.shards.iter().any(|x| x.supplier.as_deref() == Some(s)))
