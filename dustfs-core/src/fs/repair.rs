@@ -166,13 +166,39 @@ impl Engine {
 
     /// A fetched shard failed verification: its supplier no longer holds it, so the block is
     /// degraded and will be repaired.
+    ///
+    /// Returning wrong bytes for a shard it acknowledged is the same proof of loss as a failed
+    /// audit: the supplier is taken offline and all its shards are rebuilt elsewhere.
     pub(super) fn shard_corrupt(&self, no: u64, index: usize) -> FsResult<()> {
-        let _up = lock(&self.up);
-        let Some(mut rec) = self.block_record(no)? else {
-            return Ok(());
+        let culprit = {
+            let _up = lock(&self.up);
+            let Some(mut rec) = self.block_record(no)? else {
+                return Ok(());
+            };
+            let culprit = rec.shards.get(index).and_then(|s| s.supplier.clone());
+            if culprit.is_some() {
+                self.lose_shards(no, &mut rec, &[index])?;
+            }
+            culprit
         };
-        if rec.shards.get(index).is_some_and(|s| s.supplier.is_some()) {
-            self.lose_shards(no, &mut rec, &[index])?;
+        let Some(s) = culprit else { return Ok(()) };
+        let cfg = SupplierConfig::default();
+        let offline = {
+            let mut sup = lock(&self.suppliers);
+            let m = sup.machines.entry(s.clone()).or_insert_with(|| {
+                let mut m = Supplier::default();
+                m.handle(0, SupplierEvent::Contracted, &cfg);
+                m.handle(0, SupplierEvent::Stored, &cfg);
+                m
+            });
+            m.handle(0, SupplierEvent::AuditFailed, &cfg) == Some(SupplierAction::RepairBlocks)
+        };
+        if offline {
+            let n = self.supplier_lost(&s)?;
+            warn!(supplier = %s, blocks = n, "supplier returned a corrupt shard; all its shards are rebuilt elsewhere");
+            if let Some(m) = lock(&self.suppliers).machines.get_mut(&s) {
+                m.handle(0, SupplierEvent::Replaced, &cfg);
+            }
         }
         Ok(())
     }

@@ -551,9 +551,17 @@ fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
     assert_eq!(t.read_all(ino), data);
     assert!(t.fs.status().unwrap().blocks["degraded"] > 0);
     while t.fs.repair_round(8).unwrap() > 0 {}
-    // The corrupting supplier would be taken out by its failed audits; here, directly.
-    t.store.set_offline(&bad, true);
     t.sync();
+    // The corrupting supplier was replaced: it holds none of our shards any more.
+    assert!(t.fs.all_blocks_for_test().iter().all(|r| {
+        r.shards
+            .iter()
+            .all(|x| x.supplier.as_deref() != Some(bad.as_str()))
+    }));
+    assert_eq!(
+        t.fs.repair_status().unwrap().supplier_states[&bad],
+        "replaced"
+    );
     let st = t.fs.status().unwrap();
     assert_eq!(
         st.blocks["healthy"],
