@@ -98,7 +98,7 @@ enum Cmd {
         /// Print Graphviz dot instead of a table.
         #[arg(long)]
         dot: bool,
-        /// The machine: block.
+        /// The machine: block, supplier or node.
         name: String,
     },
 }
@@ -229,7 +229,11 @@ fn run(cli: Cli) -> Result<()> {
                 ("block", false) => fsm::table::<BlockMachine>(),
                 ("supplier", true) => fsm::dot::<SupplierMachine>(),
                 ("supplier", false) => fsm::table::<SupplierMachine>(),
-                (other, _) => bail!("unknown state machine {other:?}; known: block, supplier"),
+                ("node", true) => fsm::dot::<fsm::node::NodeMachine>(),
+                ("node", false) => fsm::table::<fsm::node::NodeMachine>(),
+                (other, _) => {
+                    bail!("unknown state machine {other:?}; known: block, supplier, node")
+                }
             };
             print!("{text}");
             Ok(())

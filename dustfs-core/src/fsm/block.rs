@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn the_table_lists_the_main_path() {
         let t = super::super::table::<BlockMachine>();
-        assert!(t.contains("open         seal             sealed"));
+        assert!(t.contains("open           seal               sealed"));
         assert!(super::super::dot::<BlockMachine>().contains("uploading -> healthy"));
     }
 }

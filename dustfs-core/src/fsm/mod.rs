@@ -3,6 +3,7 @@
 //! Every machine can print its transition table and a Graphviz drawing from the code itself.
 
 pub mod block;
+pub mod node;
 pub mod supplier;
 
 /// A printable machine: its name and every (from, event, to) edge.
@@ -15,9 +16,9 @@ pub trait Machine {
 
 /// The transition table as aligned text.
 pub fn table<M: Machine>() -> String {
-    let mut out = format!("{:<12} {:<16} {}\n", "from", "event", "to");
+    let mut out = format!("{:<14} {:<18} {}\n", "from", "event", "to");
     for (f, e, t) in M::edges() {
-        out.push_str(&format!("{f:<12} {e:<16} {t}\n"));
+        out.push_str(&format!("{f:<14} {e:<18} {t}\n"));
     }
     out
 }
@@ -46,6 +47,7 @@ mod tests {
         for (name, drawing) in [
             ("block", dot::<block::BlockMachine>()),
             ("supplier", dot::<supplier::SupplierMachine>()),
+            ("node", dot::<node::NodeMachine>()),
         ] {
             let path = format!("{}/../docs/fsm/{name}.dot", env!("CARGO_MANIFEST_DIR"));
             let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
