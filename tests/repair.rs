@@ -85,3 +85,76 @@ fn two_dead_suppliers_are_replaced_and_every_block_rebuilt_then_two_more_may_fai
     assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
     c.umount();
 }
+
+#[test]
+fn flipped_bytes_on_a_suppliers_disk_are_found_by_audits_and_repaired() {
+    require_root_and_fuse();
+    let root = scratch("audit");
+    let net = Testnet::up(&root, 8);
+    let (c, _) = Customer::init(&root, &net);
+    let cfg = c.home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("check_interval_secs = 30", "check_interval_secs = 1");
+    std::fs::write(&cfg, text).expect("config");
+    c.mount();
+    let start = Instant::now();
+    while c.status()["suppliers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+        < 8
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all 8 suppliers were discovered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let data = root.join("data.bin");
+    write_random(&data, 20 << 20, 43);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    let total = c.status()["blocks"]["healthy"].as_u64().expect("healthy");
+    // Bit rot on supplier 3's disk: every 1 KiB of every shard it holds. Nothing is read.
+    let bad = peer_id(&net, 3);
+    let mut flipped = 0;
+    for f in net
+        .shard_files()
+        .into_iter()
+        .filter(|f| f.starts_with(net.node_dir(3)))
+    {
+        let mut b = std::fs::read(&f).expect("read");
+        for i in (0..b.len()).step_by(1024) {
+            b[i] ^= 0x5A;
+        }
+        std::fs::write(&f, b).expect("write");
+        flipped += 1;
+    }
+    assert!(flipped > 0);
+    let start = Instant::now();
+    loop {
+        let st = c.status();
+        let replaced = st["supplier_states"][&bad] == "replaced";
+        let healthy = st["blocks"]["healthy"].as_u64() == Some(total);
+        let full = st["blocks_by_live_shards"]
+            .as_object()
+            .is_some_and(|m| m.keys().all(|k| k == "6"));
+        if replaced && healthy && full {
+            assert!(st["audits"]["failed"].as_u64().unwrap_or(0) >= 1, "{st}");
+            eprintln!(
+                "corrupt supplier found by audits and {total} blocks repaired in {:?}",
+                start.elapsed()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "audits did not catch the corruption: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.umount();
+}

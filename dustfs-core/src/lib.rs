@@ -7,6 +7,7 @@
 //! core ([`fs`]) that ties them together. The network is reached only through the
 //! [`store::ShardStore`] trait.
 
+pub mod audit;
 pub mod chunk;
 pub mod db;
 pub mod erasure;

@@ -40,6 +40,14 @@ pub trait ShardStore: Send + Sync {
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError>;
     /// Bytes this customer stores on a supplier, and the quota the supplier grants it.
     fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError>;
+    /// Asks a supplier for a verified slice of a shard (see [`crate::audit`]).
+    fn audit(
+        &self,
+        supplier: &SupplierId,
+        id: &ShardId,
+        start: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError>;
 }
 
 /// An in-memory store for engine tests: named suppliers, each with a quota, that can be taken
@@ -88,6 +96,13 @@ impl MemStore {
     /// Changes a supplier's quota.
     pub fn set_quota(&self, s: &str, bytes: usize) {
         self.lock().quota.insert(s.into(), bytes);
+    }
+
+    /// Makes a supplier silently drop every shard it holds.
+    pub fn drop_all(&self, s: &str) {
+        if let Some(m) = self.lock().shards.get_mut(s) {
+            m.clear();
+        }
     }
 
     /// Makes a supplier flip a byte in everything it returns.
@@ -159,6 +174,17 @@ impl ShardStore for MemStore {
             *x ^= 0x55;
         }
         Ok(b)
+    }
+
+    fn audit(
+        &self,
+        supplier: &SupplierId,
+        id: &ShardId,
+        start: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let bytes = self.fetch(supplier, id)?;
+        Ok(crate::audit::prove(&bytes, start, len))
     }
 
     fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError> {

@@ -105,6 +105,17 @@ pub enum Request {
         /// The customer.
         customer: [u8; 32],
     },
+    /// Prove possession: a verified slice of a shard (see `dustfs_core::audit`).
+    Audit {
+        /// The customer whose shard it is.
+        customer: [u8; 32],
+        /// The shard.
+        shard: ShardId,
+        /// Slice start.
+        start: u64,
+        /// Slice length (at most 1 MiB).
+        len: u64,
+    },
 }
 
 /// Typed refusals, stable on the wire.
@@ -163,6 +174,8 @@ pub enum Response {
     },
     /// Refused.
     Error(WireError),
+    /// A verified slice answering an audit.
+    Proof(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 fn signing_bytes(s: &Signed) -> Vec<u8> {

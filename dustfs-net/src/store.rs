@@ -127,6 +127,31 @@ impl ShardStore for NetStore {
         }
     }
 
+    fn audit(
+        &self,
+        supplier: &SupplierId,
+        id: &ShardId,
+        start: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        match self.call(
+            supplier,
+            &Request::Audit {
+                customer: self.customer(),
+                shard: *id,
+                start,
+                len,
+            },
+        )? {
+            Response::Proof(b) => Ok(b),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
     fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError> {
         match self.call(
             supplier,

@@ -212,6 +212,24 @@ impl ShardDir {
                 }
                 Ok(Response::List(out))
             }
+            Request::Audit {
+                customer,
+                shard,
+                start,
+                len,
+            } => {
+                if len > 1 << 20 {
+                    return Err(WireError::TooLarge);
+                }
+                let path = self.customer_dir(&customer).join(shard.to_hex());
+                let data = fs::read(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => WireError::NotFound,
+                    _ => WireError::Internal(e.to_string()),
+                })?;
+                Ok(Response::Proof(dustfs_core::audit::prove(
+                    &data, start, len,
+                )))
+            }
             Request::Usage { customer } => {
                 let mut st = self.lock();
                 Ok(Response::Usage {

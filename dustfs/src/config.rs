@@ -54,6 +54,8 @@ pub struct Repair {
     pub grace_secs: u64,
     /// Blocks rebuilt per repair pass (bounds the work done in the background at once).
     pub blocks_per_pass: usize,
+    /// Bytes of audit slices requested per check interval (the audit bandwidth budget).
+    pub audit_bytes_per_round: u64,
 }
 
 impl Default for Repair {
@@ -63,6 +65,7 @@ impl Default for Repair {
             suspect_after: 2,
             grace_secs: 600,
             blocks_per_pass: 8,
+            audit_bytes_per_round: 1 << 20,
         }
     }
 }

@@ -79,6 +79,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
     let e = engine.status()?;
     let n = node.status();
     let r = engine.repair_status()?;
+    let audits = serde_json::json!({ "passed": r.audits_passed, "failed": r.audits_failed });
     let (supplier_states, by_live, requeued) = (
         r.supplier_states,
         r.blocks_by_live_shards,
@@ -108,6 +109,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "suppliers_by_state": suppliers_by_state,
         "blocks_by_live_shards": by_live,
         "repair": { "shards_requeued": requeued },
+        "audits": audits,
         "redundancy": { "k": engine.config().redundancy.k, "m": engine.config().redundancy.m },
     }))
 }

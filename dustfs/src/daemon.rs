@@ -85,14 +85,30 @@ pub fn serve(home: &Home) -> Result<()> {
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
     // A dustfs mount whose process died (killed, crashed) leaves a dead FUSE mount behind:
     // every access fails with ENOTCONN. Clear it, so the restart can mount again.
-    if let Err(e) = std::fs::metadata(p)
-        && e.raw_os_error() == Some(libc::ENOTCONN)
-    {
-        warn!(mountpoint = %p.display(), "clearing the dead mount left by a previous dustfs process");
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(p)
-            .status();
+    // Mounts may be stacked, and umount(8) itself can trip over the dead mount, so try both
+    // tools a few times until the directory answers again.
+    for attempt in 0..20 {
+        match std::fs::metadata(p) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                if attempt == 0 {
+                    warn!(mountpoint = %p.display(), "clearing the dead mount left by a previous dustfs process");
+                }
+                let quiet = std::process::Stdio::null;
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(p)
+                    .stderr(quiet())
+                    .status();
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(p)
+                    .stderr(quiet())
+                    .status();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => break,
+        }
     }
     let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
@@ -223,6 +239,11 @@ pub fn run_mount(
                             .unwrap_or(0);
                         if let Err(e) = engine.liveness_round(now_ms, &scfg) {
                             warn!(error = %e, "liveness round failed");
+                        }
+                        if let Err(e) =
+                            engine.audit_round(rand::random(), rcfg.audit_bytes_per_round)
+                        {
+                            warn!(error = %e, "audit round failed");
                         }
                         if let Err(e) = engine.repair_round(rcfg.blocks_per_pass) {
                             warn!(error = %e, "repair round failed");

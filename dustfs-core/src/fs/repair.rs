@@ -31,6 +31,10 @@ pub struct RepairStatus {
     pub blocks_by_live_shards: BTreeMap<usize, u64>,
     /// Shards rebuilt and queued for new suppliers since start.
     pub shards_requeued: u64,
+    /// Audits passed since start.
+    pub audits_passed: u64,
+    /// Audits failed since start.
+    pub audits_failed: u64,
 }
 
 /// The engine's view of its suppliers.
@@ -38,6 +42,8 @@ pub struct RepairStatus {
 pub(super) struct Suppliers {
     pub(super) machines: HashMap<SupplierId, Supplier>,
     pub(super) requeued_shards: u64,
+    pub(super) audits_passed: u64,
+    pub(super) audits_failed: u64,
 }
 
 impl Engine {
@@ -203,6 +209,88 @@ impl Engine {
         Ok(())
     }
 
+    /// One round of audits: random shards of random blocks (chosen from `seed`, so the driver
+    /// owns the randomness) are asked for a verified slice, until `budget_bytes` of slices have
+    /// been requested. A wrong proof or a missing shard takes the supplier offline and its
+    /// shards are rebuilt elsewhere. Returns (audits passed, audits failed).
+    pub fn audit_round(&self, seed: u64, budget_bytes: u64) -> FsResult<(usize, usize)> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let blocks = self.all_blocks()?;
+        if blocks.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut picks = Vec::new();
+        let mut spent = 0;
+        while spent < budget_bytes && picks.len() < 4096 {
+            let (no, rec) = &blocks[rng.gen_range(0..blocks.len())];
+            let i = rng.gen_range(0..rec.shards.len());
+            let Some(s) = rec.shards[i].supplier.clone() else {
+                spent += crate::audit::SLICE_LEN;
+                continue;
+            };
+            let shard_len = crate::shard::HEADER_LEN as u64
+                + (rec.len as u64).div_ceil(rec.redundancy.k as u64);
+            let start = rng.gen_range(0..shard_len) / 1024 * 1024;
+            picks.push((*no, i, s, rec.shards[i].id, start));
+            spent += crate::audit::SLICE_LEN;
+        }
+        let results: Vec<(u64, usize, Option<bool>)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = picks
+                .chunks(8)
+                .map(|batch| {
+                    sc.spawn(move || {
+                        batch
+                            .iter()
+                            .map(|(no, i, s, id, start)| {
+                                let verdict = match self.store.audit(
+                                    s,
+                                    id,
+                                    *start,
+                                    crate::audit::SLICE_LEN,
+                                ) {
+                                    Ok(proof) => Some(crate::audit::verify(
+                                        id,
+                                        *start,
+                                        crate::audit::SLICE_LEN,
+                                        &proof,
+                                    )),
+                                    // Claims to have stored it, but does not have it.
+                                    Err(StoreError::NotFound) => Some(false),
+                                    // Unreachable suppliers are the liveness checks' business.
+                                    Err(_) => None,
+                                };
+                                (*no, *i, verdict)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .filter_map(|h| h.join().ok())
+                .flatten()
+                .collect()
+        });
+        let (mut passed, mut failed) = (0usize, 0usize);
+        for (no, i, verdict) in results {
+            match verdict {
+                Some(true) => passed += 1,
+                Some(false) => {
+                    failed += 1;
+                    warn!(block = no, shard = i, "audit failed");
+                    self.shard_corrupt(no, i)?;
+                }
+                None => {}
+            }
+        }
+        {
+            let mut sup = lock(&self.suppliers);
+            sup.audits_passed += passed as u64;
+            sup.audits_failed += failed as u64;
+        }
+        Ok((passed, failed))
+    }
+
     /// One repair pass: rebuilds up to `max_blocks` degraded blocks, fewest live shards first,
     /// and queues their missing shards for upload. Returns the number of blocks queued.
     pub fn repair_round(&self, max_blocks: usize) -> FsResult<usize> {
@@ -276,14 +364,18 @@ impl Engine {
 
     /// Suppliers by state name, blocks by live shards, and shards requeued by repair so far.
     pub fn repair_status(&self) -> FsResult<RepairStatus> {
-        let (states, requeued) = {
+        let (states, requeued, audits_passed, audits_failed) = {
             let sup = lock(&self.suppliers);
+            let states = sup
+                .machines
+                .iter()
+                .map(|(s, m)| (s.clone(), m.state().name().to_string()))
+                .collect();
             (
-                sup.machines
-                    .iter()
-                    .map(|(s, m)| (s.clone(), m.state().name().to_string()))
-                    .collect(),
+                states,
                 sup.requeued_shards,
+                sup.audits_passed,
+                sup.audits_failed,
             )
         };
         let mut by_live = BTreeMap::new();
@@ -294,6 +386,8 @@ impl Engine {
             supplier_states: states,
             blocks_by_live_shards: by_live,
             shards_requeued: requeued,
+            audits_passed,
+            audits_failed,
         })
     }
 }

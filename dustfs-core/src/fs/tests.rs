@@ -571,3 +571,43 @@ fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
     t.fs.cache_drop().unwrap();
     assert_eq!(t.read_all(ino), data);
 }
+
+#[test]
+fn audits_catch_a_supplier_that_dropped_its_shards_and_the_blocks_are_rebuilt() {
+    let t = setup(8, usize::MAX);
+    let data = random(12 << 20, 16);
+    let ino = t.file("a", &data);
+    t.sync();
+    let (passed, failed) = t.fs.audit_round(1, 1 << 20).unwrap();
+    assert!(passed > 10 && failed == 0, "{passed} {failed}");
+    t.store.drop_all("s5");
+    let mut seed = 2;
+    while t
+        .fs
+        .repair_status()
+        .unwrap()
+        .supplier_states
+        .get("s5")
+        .map(String::as_str)
+        != Some("replaced")
+    {
+        t.fs.audit_round(seed, 1 << 20).unwrap();
+        seed += 1;
+        assert!(seed < 50, "the audits never caught s5");
+    }
+    while t.fs.repair_round(8).unwrap() > 0 {}
+    t.sync();
+    let st = t.fs.status().unwrap();
+    assert_eq!(
+        st.blocks["healthy"],
+        st.blocks.values().sum::<u64>(),
+        "{st:?}"
+    );
+    assert!(
+        t.fs.all_blocks_for_test()
+            .iter()
+            .all(|r| r.shards.iter().all(|x| x.supplier.as_deref() != Some("s5")))
+    );
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
