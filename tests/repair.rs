@@ -158,3 +158,79 @@ fn flipped_bytes_on_a_suppliers_disk_are_found_by_audits_and_repaired() {
     assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
     c.umount();
 }
+
+#[test]
+fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
+    require_root_and_fuse();
+    let root = scratch("repair-crash");
+    let net = Testnet::up(&root, 8);
+    let (c, _) = Customer::init(&root, &net);
+    // One block per repair pass, so the repair is still under way when the mount is killed.
+    let cfg = c.home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("check_interval_secs = 30", "check_interval_secs = 1")
+        .replace("grace_secs = 600", "grace_secs = 2")
+        .replace("blocks_per_pass = 8", "blocks_per_pass = 1");
+    std::fs::write(&cfg, text).expect("config");
+    c.mount();
+    let start = Instant::now();
+    while c.status()["suppliers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+        < 8
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all 8 suppliers were discovered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let data = root.join("data.bin");
+    write_random(&data, 48 << 20, 47);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    let total = c.status()["blocks"]["healthy"].as_u64().expect("healthy");
+    net.kill(1);
+    net.kill(2);
+    // Wait until the repair has begun but not finished, then SIGKILL the mount process.
+    let start = Instant::now();
+    loop {
+        let st = c.status();
+        let requeued = st["repair"]["shards_requeued"].as_u64().unwrap_or(0);
+        if requeued > 0 && st["blocks"]["healthy"].as_u64() < Some(total) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "repair never started: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = c.mount_pid().expect("pid");
+    ok(Command::new("kill").arg("-KILL").arg(pid.to_string()));
+    wait_gone(pid, Duration::from_secs(20));
+    c.mount();
+    let start = Instant::now();
+    loop {
+        let st = c.status();
+        let healthy = st["blocks"]["healthy"].as_u64() == Some(total);
+        let full = st["blocks_by_live_shards"]
+            .as_object()
+            .is_some_and(|m| m.keys().all(|k| k == "6"));
+        if healthy && full {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "repair did not complete after the restart: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    net.kill(3);
+    net.kill(4);
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.umount();
+}

@@ -81,35 +81,83 @@ pub fn serve(home: &Home) -> Result<()> {
     Ok(())
 }
 
-/// Checks that a mountpoint exists, is an empty directory and is not mounted already.
-pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
-    // A dustfs mount whose process died (killed, crashed) leaves a dead FUSE mount behind:
-    // every access fails with ENOTCONN. Clear it, so the restart can mount again.
-    // Mounts may be stacked, and umount(8) itself can trip over the dead mount, so try both
-    // tools a few times until the directory answers again.
-    for attempt in 0..20 {
-        match std::fs::metadata(p) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                if attempt == 0 {
-                    warn!(mountpoint = %p.display(), "clearing the dead mount left by a previous dustfs process");
-                }
-                let quiet = std::process::Stdio::null;
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(p)
-                    .stderr(quiet())
-                    .status();
-                let _ = std::process::Command::new("fusermount3")
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(p)
-                    .stderr(quiet())
-                    .status();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            _ => break,
+/// Whether `target` (absolute) is mounted from `source`, per /proc/self/mountinfo.
+fn mounted_from(target: &Path, source: &str) -> bool {
+    let t = target.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines().any(|l| {
+                let mount_point = l.split(' ').nth(4);
+                let src = l
+                    .split(" - ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').nth(1));
+                mount_point == Some(&*t) && src == Some(source)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The source name of a home's mount in the mount table.
+fn fs_name(home: &Home) -> String {
+    format!("dustfs:{}", home.dir.display())
+}
+
+/// Whether the mount process recorded in `HOME/mount.pid` is still running.
+fn mount_process_alive(home: &Home) -> bool {
+    let Ok(pid) = std::fs::read_to_string(home.path("mount.pid")) else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    !stat.is_empty()
+        && !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+}
+
+/// A dustfs mount whose process died (killed, crashed) leaves a dead FUSE mount behind: every
+/// access fails with ENOTCONN (after the kernel's attribute cache expires). If `p` is mounted
+/// and this home's mount process is gone, or `p` answers ENOTCONN, detach it so the restart can
+/// mount again. Mounts may be stacked and umount(8) can trip over the dead mount, so both tools
+/// are tried until the mount is gone.
+fn clear_dead_mount(p: &Path, home: &Home) {
+    let Ok(target) = std::path::absolute(p) else {
+        return;
+    };
+    for attempt in 0..50 {
+        let enotconn = std::fs::metadata(&target)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::ENOTCONN);
+        // Only this home's own mount is taken down when its process is gone.
+        let orphaned = mounted_from(&target, &fs_name(home)) && !mount_process_alive(home);
+        if !enotconn && !orphaned {
+            return;
         }
+        if attempt == 0 {
+            warn!(mountpoint = %target.display(), "clearing the dead mount left by a previous dustfs process");
+        }
+        let quiet = std::process::Stdio::null;
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&target)
+            .stderr(quiet())
+            .status();
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&target)
+            .stderr(quiet())
+            .status();
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Checks that a mountpoint exists, is an empty directory and is not mounted already (a dead
+/// mount left by a crashed mount process of `home` is cleared first).
+pub fn check_mountpoint(p: &Path, home: &Home) -> Result<PathBuf> {
+    clear_dead_mount(p, home);
     let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             anyhow::anyhow!("mountpoint {} does not exist", p.display())
@@ -176,7 +224,7 @@ pub fn run_mount(
     ready: &mut dyn FnMut(Result<(), String>),
 ) -> Result<()> {
     let setup = (|| {
-        let mp = check_mountpoint(mountpoint)?;
+        let mp = check_mountpoint(mountpoint, home)?;
         let mut cfg = home.config()?;
         if let Some(c) = opts.cache_mb {
             cfg.storage.cache_mb = c;
@@ -282,7 +330,7 @@ pub fn run_mount(
     }
 
     let mut options = vec![
-        fuser::MountOption::FSName(format!("dustfs:{}", home.dir.display())),
+        fuser::MountOption::FSName(fs_name(home)),
         fuser::MountOption::Subtype("dustfs".into()),
     ];
     if opts.default_permissions {

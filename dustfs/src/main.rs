@@ -284,7 +284,7 @@ fn mount_helper(args: &[String]) -> Result<()> {
     let home = Home::resolve(Some(h.source))?;
     home.config()?;
     if h.fake {
-        daemon::check_mountpoint(&h.mountpoint)?;
+        daemon::check_mountpoint(&h.mountpoint, &home)?;
         return Ok(());
     }
     mount(&home, &h.mountpoint, false, &h.opts)
@@ -309,7 +309,7 @@ fn mount(
         return daemon::run_mount(home, mountpoint, opts, &mut ready);
     }
     // Check what we can before starting the background process, for a clear message.
-    daemon::check_mountpoint(mountpoint)?;
+    daemon::check_mountpoint(mountpoint, home)?;
     home.config()?;
     let log_path = home.path("mount.log");
     let log = std::fs::OpenOptions::new()
