@@ -28,26 +28,12 @@ fn two_dead_suppliers_are_replaced_and_every_block_rebuilt_then_two_more_may_fai
     let net = Testnet::up(&root, 8);
     let (c, _) = Customer::init(&root, &net);
     // Fast liveness checks for the test: 1 s interval, suspect after 2 misses, 3 s grace.
-    let cfg = c.home.join("config.toml");
-    let text = std::fs::read_to_string(&cfg).expect("config");
-    let text = text
-        .replace("check_interval_secs = 30", "check_interval_secs = 1")
-        .replace("grace_secs = 600", "grace_secs = 3");
-    std::fs::write(&cfg, text).expect("config");
+    c.edit_config(&[
+        ("check_interval_secs = 30", "check_interval_secs = 1"),
+        ("grace_secs = 600", "grace_secs = 3"),
+    ]);
     c.mount();
-    let start = Instant::now();
-    while c.status()["suppliers"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0)
-        < 8
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not all 8 suppliers were discovered"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.wait_suppliers(8);
     let data = root.join("data.bin");
     write_random(&data, 30 << 20, 41);
     ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
@@ -58,25 +44,9 @@ fn two_dead_suppliers_are_replaced_and_every_block_rebuilt_then_two_more_may_fai
     let dead = [peer_id(&net, 1), peer_id(&net, 2)];
     net.kill(1);
     net.kill(2);
-    let start = Instant::now();
-    let t_detect;
-    loop {
-        let st = c.status();
-        let replaced = dead.iter().all(|p| st["supplier_states"][p] == "replaced");
-        let healthy = st["blocks"]["healthy"].as_u64() == Some(total);
-        let full = st["blocks_by_live_shards"]
-            .as_object()
-            .is_some_and(|m| m.keys().all(|k| k == "6"));
-        if replaced && healthy && full {
-            t_detect = start.elapsed();
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "repair did not finish: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let t_detect = c.wait_fully_repaired(total, Duration::from_secs(120), |st| {
+        dead.iter().all(|p| st["supplier_states"][p] == "replaced")
+    });
     eprintln!("two dead suppliers replaced and {total} blocks back to 6 shards in {t_detect:?}");
     // Two more of the original suppliers fail: every byte still reads back from the rest.
     net.kill(3);
@@ -92,25 +62,9 @@ fn flipped_bytes_on_a_suppliers_disk_are_found_by_audits_and_repaired() {
     let root = scratch("audit");
     let net = Testnet::up(&root, 8);
     let (c, _) = Customer::init(&root, &net);
-    let cfg = c.home.join("config.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .expect("config")
-        .replace("check_interval_secs = 30", "check_interval_secs = 1");
-    std::fs::write(&cfg, text).expect("config");
+    c.edit_config(&[("check_interval_secs = 30", "check_interval_secs = 1")]);
     c.mount();
-    let start = Instant::now();
-    while c.status()["suppliers"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0)
-        < 8
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not all 8 suppliers were discovered"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.wait_suppliers(8);
     let data = root.join("data.bin");
     write_random(&data, 20 << 20, 43);
     ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
@@ -132,28 +86,11 @@ fn flipped_bytes_on_a_suppliers_disk_are_found_by_audits_and_repaired() {
         flipped += 1;
     }
     assert!(flipped > 0);
-    let start = Instant::now();
-    loop {
-        let st = c.status();
-        let replaced = st["supplier_states"][&bad] == "replaced";
-        let healthy = st["blocks"]["healthy"].as_u64() == Some(total);
-        let full = st["blocks_by_live_shards"]
-            .as_object()
-            .is_some_and(|m| m.keys().all(|k| k == "6"));
-        if replaced && healthy && full {
-            assert!(st["audits"]["failed"].as_u64().unwrap_or(0) >= 1, "{st}");
-            eprintln!(
-                "corrupt supplier found by audits and {total} blocks repaired in {:?}",
-                start.elapsed()
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "audits did not catch the corruption: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let took = c.wait_fully_repaired(total, Duration::from_secs(120), |st| {
+        st["supplier_states"][&bad] == "replaced"
+    });
+    assert!(c.status()["audits"]["failed"].as_u64().unwrap_or(0) >= 1);
+    eprintln!("corrupt supplier found by audits and {total} blocks repaired in {took:?}");
     c.cache_drop();
     assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
     c.umount();
@@ -166,27 +103,13 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
     let net = Testnet::up(&root, 8);
     let (c, _) = Customer::init(&root, &net);
     // One block per repair pass, so the repair is still under way when the mount is killed.
-    let cfg = c.home.join("config.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .expect("config")
-        .replace("check_interval_secs = 30", "check_interval_secs = 1")
-        .replace("grace_secs = 600", "grace_secs = 2")
-        .replace("blocks_per_pass = 8", "blocks_per_pass = 1");
-    std::fs::write(&cfg, text).expect("config");
+    c.edit_config(&[
+        ("check_interval_secs = 30", "check_interval_secs = 1"),
+        ("grace_secs = 600", "grace_secs = 2"),
+        ("blocks_per_pass = 8", "blocks_per_pass = 1"),
+    ]);
     c.mount();
-    let start = Instant::now();
-    while c.status()["suppliers"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0)
-        < 8
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not all 8 suppliers were discovered"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.wait_suppliers(8);
     let data = root.join("data.bin");
     write_random(&data, 48 << 20, 47);
     ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
@@ -212,22 +135,7 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
     ok(Command::new("kill").arg("-KILL").arg(pid.to_string()));
     wait_gone(pid, Duration::from_secs(20));
     c.mount();
-    let start = Instant::now();
-    loop {
-        let st = c.status();
-        let healthy = st["blocks"]["healthy"].as_u64() == Some(total);
-        let full = st["blocks_by_live_shards"]
-            .as_object()
-            .is_some_and(|m| m.keys().all(|k| k == "6"));
-        if healthy && full {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "repair did not complete after the restart: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    c.wait_fully_repaired(total, Duration::from_secs(180), |_| true);
     net.kill(3);
     net.kill(4);
     c.cache_drop();

@@ -275,6 +275,60 @@ impl Customer {
         }
     }
 
+    /// Edits the configuration file (before mounting): each (from, to) is replaced once.
+    pub fn edit_config(&self, changes: &[(&str, &str)]) {
+        let path = self.home.join("config.toml");
+        let mut text = std::fs::read_to_string(&path).expect("config");
+        for (from, to) in changes {
+            assert!(text.contains(from), "config has no {from:?}");
+            text = text.replacen(from, to, 1);
+        }
+        std::fs::write(&path, text).expect("config");
+    }
+
+    /// Waits until the mount knows at least `n` suppliers.
+    pub fn wait_suppliers(&self, n: usize) {
+        let start = Instant::now();
+        while self.status()["suppliers"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
+            < n
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "fewer than {n} suppliers were discovered"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Waits until all `total` blocks are healthy with k+m shards each on suppliers, and
+    /// `extra` holds for the status; returns how long it took.
+    pub fn wait_fully_repaired(
+        &self,
+        total: u64,
+        timeout: Duration,
+        extra: impl Fn(&serde_json::Value) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let st = self.status();
+            let healthy = st["blocks"]["healthy"].as_u64() == Some(total);
+            let full = st["blocks_by_live_shards"]
+                .as_object()
+                .is_some_and(|m| m.keys().all(|k| k == "6"));
+            if healthy && full && extra(&st) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "blocks were not repaired within {timeout:?}: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("mount.log")).unwrap_or_default()
     }
