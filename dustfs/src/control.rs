@@ -50,11 +50,23 @@ pub enum ControlReply {
     Error(String),
 }
 
-/// Serves the control socket until the runtime stops.
-pub async fn serve(path: std::path::PathBuf, engine: Arc<Engine>, node: Node) -> Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
+/// Binds the control socket (replacing a stale one left by a crashed process). Done before the
+/// mount reports ready, so `dustfs status` right after `dustfs mount` always finds it.
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serves the control socket until the runtime stops.
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    engine: Arc<Engine>,
+    node: Node,
+) -> Result<()> {
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let engine = engine.clone();

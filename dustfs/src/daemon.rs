@@ -303,8 +303,9 @@ pub fn run_mount(
             })?
     };
     let sock = home.path("control.sock");
+    let listener = crate::control::bind(&sock)?;
     rt.spawn(crate::control::serve(
-        sock.clone(),
+        listener,
         engine.clone(),
         node.clone(),
     ));
