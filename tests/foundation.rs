@@ -221,12 +221,14 @@ fn a_supplier_over_quota_is_passed_over_for_another() {
         .expect("config")
         .replace("quota_mb = 10240", "quota_mb = 1");
     std::fs::write(&cfg, text).expect("write");
-    let mut node = dustfs()
-        .arg("--home")
-        .arg(&small)
-        .arg("serve")
-        .spawn()
-        .expect("serve");
+    let _node = KillOnDrop(
+        dustfs()
+            .arg("--home")
+            .arg(&small)
+            .arg("serve")
+            .spawn()
+            .expect("serve"),
+    );
     let (c, _) = Customer::init(&root, &net);
     c.mount();
     let start = std::time::Instant::now();
@@ -263,8 +265,6 @@ fn a_supplier_over_quota_is_passed_over_for_another() {
     c.cache_drop();
     assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
     c.umount();
-    let _ = node.kill();
-    let _ = node.wait();
 }
 
 #[test]

@@ -74,12 +74,52 @@ pub fn fails(c: &mut Command) -> String {
     )
 }
 
-pub fn scratch(name: &str) -> PathBuf {
-    tempfile::Builder::new()
-        .prefix(&format!("dustfs-{name}-"))
-        .tempdir_in("/tmp")
-        .expect("tempdir")
-        .keep()
+/// A test's scratch directory under /tmp. Removed when the test passes; kept when it fails
+/// (its logs and homes are what one looks at then). Declare it first in a test, so that the
+/// testnets and mounts inside it are stopped before it is removed.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed; its files are kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn scratch(name: &str) -> Scratch {
+    Scratch(
+        tempfile::Builder::new()
+            .prefix(&format!("dustfs-{name}-"))
+            .tempdir_in("/tmp")
+            .expect("tempdir")
+            .keep(),
+    )
 }
 
 /// A testnet of supplier nodes; stopped when dropped.
