@@ -231,19 +231,8 @@ fn a_supplier_over_quota_is_passed_over_for_another() {
     );
     let (c, _) = Customer::init(&root, &net);
     c.mount();
-    let start = std::time::Instant::now();
-    while c.status()["suppliers"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0)
-        < 7
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the small supplier was never discovered"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // The six testnet suppliers and the small one.
+    c.wait_suppliers(7);
     let data = root.join("data.bin");
     write_random(&data, 24 << 20, 11);
     ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
