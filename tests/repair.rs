@@ -12,13 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn peer_id(net: &Testnet, i: usize) -> String {
-    let addrs = std::fs::read_to_string(net.node_dir(i).join("addrs")).expect("addrs");
-    addrs
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit("/p2p/").next())
-        .expect("peer id")
-        .to_string()
+    peer_id_of(&net.node_dir(i))
 }
 
 #[test]
@@ -102,11 +96,13 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
     let root = scratch("repair-crash");
     let net = Testnet::up(&root, 8);
     let (c, _) = Customer::init(&root, &net);
-    // One block per repair pass, so the repair is still under way when the mount is killed.
+    // One block per repair pass and 4 MiB/s of repair bandwidth (one block a second), so the
+    // repair is still under way when the mount is killed.
     c.edit_config(&[
         ("check_interval_secs = 30", "check_interval_secs = 1"),
         ("grace_secs = 600", "grace_secs = 2"),
         ("blocks_per_pass = 8", "blocks_per_pass = 1"),
+        ("bandwidth_mb = 32", "bandwidth_mb = 4"),
     ]);
     c.mount();
     c.wait_suppliers(8);
@@ -141,4 +137,77 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
     c.cache_drop();
     assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
     c.umount();
+}
+
+/// Starts an extra supplier that misbehaves (`dustfs serve --fault KIND`).
+fn faulty_supplier(root: &std::path::Path, net: &Testnet, name: &str, fault: &str) -> KillOnDrop {
+    let home = root.join(name);
+    ok(dustfs()
+        .arg("--home")
+        .arg(&home)
+        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
+        .arg(net.bootstrap()));
+    KillOnDrop(
+        dustfs()
+            .arg("--home")
+            .arg(&home)
+            .args(["serve", "--fault", fault])
+            .stderr(std::fs::File::create(root.join(format!("{name}.log"))).expect("log"))
+            .spawn()
+            .expect("serve"),
+    )
+}
+
+#[test]
+fn suppliers_that_answer_garbage_or_drop_shards_are_caught_and_replaced() {
+    require_root_and_fuse();
+    let root = scratch("faulty");
+    let net = Testnet::up(&root, 6);
+    // Two real nodes that misbehave over the real protocol: one stores honestly but answers
+    // every fetch and audit with random bytes, one acknowledges stores and keeps nothing.
+    let garbage = faulty_supplier(&root, &net, "garbage-node", "garbage");
+    let dropper = faulty_supplier(&root, &net, "drop-node", "drop");
+    let (c, _) = Customer::init(&root, &net);
+    c.edit_config(&[("check_interval_secs = 30", "check_interval_secs = 1")]);
+    c.mount();
+    c.wait_suppliers(8);
+    let data = root.join("data.bin");
+    write_random(&data, 24 << 20, 53);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    let total = c.status()["blocks"]["healthy"].as_u64().expect("healthy");
+    // Read back at once, before audits have necessarily caught anyone: every byte is right
+    // (shards are verified against their ids; a bad one is replaced by parity).
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    let bad = [
+        peer_id_of(&root.join("garbage-node")),
+        peer_id_of(&root.join("drop-node")),
+    ];
+    let took = c.wait_fully_repaired(total, Duration::from_secs(120), |st| {
+        bad.iter().all(|p| st["supplier_states"][p] == "replaced")
+    });
+    let st = c.status();
+    assert!(st["audits"]["failed"].as_u64().unwrap_or(0) >= 1, "{st}");
+    eprintln!(
+        "garbage-answering and shard-dropping suppliers replaced, {total} blocks repaired in {took:?}"
+    );
+    // Every block now lives on the six honest suppliers; two of them may fail as well.
+    drop(garbage);
+    drop(dropper);
+    net.kill(1);
+    net.kill(2);
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.umount();
+}
+
+fn peer_id_of(home: &std::path::Path) -> String {
+    let addrs = std::fs::read_to_string(home.join("addrs")).expect("addrs");
+    addrs
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit("/p2p/").next())
+        .expect("peer id")
+        .to_string()
 }

@@ -24,7 +24,43 @@ const MAX_NONCES: usize = 1_000_000;
 pub struct ShardDir {
     root: PathBuf,
     quota: u64,
+    fault: Fault,
     state: Mutex<DirState>,
+}
+
+/// How a supplier behaves. Everything but [`Fault::Honest`] exists for the adversarial tests:
+/// customers must detect such suppliers and route around them, so the tests need real nodes
+/// that misbehave over the real protocol (`dustfs serve --fault …`, hidden from `--help`).
+/// A faulty supplier can only harm the customers who chose it, and they check every byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Keeps what it acknowledges and answers truthfully.
+    #[default]
+    Honest,
+    /// Stores honestly but answers every fetch and audit with random bytes of the right length.
+    Garbage,
+    /// Acknowledges stores without keeping anything (a supplier that cheats on disk space).
+    Drop,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "honest" => Ok(Fault::Honest),
+            "garbage" => Ok(Fault::Garbage),
+            "drop" => Ok(Fault::Drop),
+            other => Err(format!(
+                "unknown fault {other:?} (expected honest, garbage or drop)"
+            )),
+        }
+    }
+}
+
+fn garbage(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut v);
+    v
 }
 
 #[derive(Default)]
@@ -55,8 +91,15 @@ impl ShardDir {
         Ok(Self {
             root: root.to_path_buf(),
             quota,
+            fault: Fault::Honest,
             state: Mutex::new(DirState::default()),
         })
+    }
+
+    /// Makes this store misbehave (adversarial tests only; see [`Fault`]).
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DirState> {
@@ -149,7 +192,9 @@ impl ShardDir {
                     return Err(WireError::HashMismatch);
                 }
                 self.admit(&env)?;
-                self.store(&env.signed.customer, &shard, &data)?;
+                if self.fault != Fault::Drop {
+                    self.store(&env.signed.customer, &shard, &data)?;
+                }
                 Ok(Response::Stored)
             }
             Request::Fetch {
@@ -162,6 +207,10 @@ impl ShardDir {
                     std::io::ErrorKind::NotFound => WireError::NotFound,
                     _ => WireError::Internal(e.to_string()),
                 })?;
+                let data = match self.fault {
+                    Fault::Garbage => garbage(data.len()),
+                    _ => data,
+                };
                 match range {
                     None => Ok(Response::Shard(data)),
                     Some((a, b)) => {
@@ -226,9 +275,11 @@ impl ShardDir {
                     std::io::ErrorKind::NotFound => WireError::NotFound,
                     _ => WireError::Internal(e.to_string()),
                 })?;
-                Ok(Response::Proof(dustfs_core::audit::prove(
-                    &data, start, len,
-                )))
+                let proof = dustfs_core::audit::prove(&data, start, len);
+                Ok(Response::Proof(match self.fault {
+                    Fault::Garbage => garbage(proof.len()),
+                    _ => proof,
+                }))
             }
             Request::Usage { customer } => {
                 let mut st = self.lock();

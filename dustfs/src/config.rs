@@ -52,8 +52,11 @@ pub struct Repair {
     pub suspect_after: u32,
     /// Seconds a supplier may stay suspect before its shards are rebuilt elsewhere.
     pub grace_secs: u64,
-    /// Blocks rebuilt per repair pass (bounds the work done in the background at once).
+    /// Blocks rebuilt per repair pass (passes follow each other while blocks are degraded).
     pub blocks_per_pass: usize,
+    /// MiB per second of block data repair may fetch from suppliers (0: no limit). Repair also
+    /// yields to user reads, so it runs at background priority.
+    pub bandwidth_mb: u64,
     /// Bytes of audit slices requested per check interval (the audit bandwidth budget).
     pub audit_bytes_per_round: u64,
 }
@@ -65,6 +68,7 @@ impl Default for Repair {
             suspect_after: 2,
             grace_secs: 600,
             blocks_per_pass: 8,
+            bandwidth_mb: 32,
             audit_bytes_per_round: 1 << 20,
         }
     }

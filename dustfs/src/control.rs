@@ -120,7 +120,11 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "supplier_states": supplier_states,
         "suppliers_by_state": suppliers_by_state,
         "blocks_by_live_shards": by_live,
-        "repair": { "shards_requeued": requeued },
+        "repair": {
+            "shards_requeued": requeued,
+            "bytes_rebuilt": r.bytes_rebuilt,
+            "blocks_backing_off": r.backing_off,
+        },
         "audits": audits,
         "redundancy": { "k": engine.config().redundancy.k, "m": engine.config().redundancy.m },
     }))

@@ -12,7 +12,7 @@ use dustfs_core::erasure::Redundancy;
 use dustfs_core::fs::{Engine, EngineConfig};
 use dustfs_net::host::{Node, NodeConfig};
 use dustfs_net::store::NetStore;
-use dustfs_net::supplier::ShardDir;
+use dustfs_net::supplier::{Fault, ShardDir};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -28,10 +28,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Starts the node of a home (always a supplier too: every peer is client and server).
-pub async fn start_node(home: &Home, cfg: &Config) -> Result<Node> {
+pub async fn start_node(home: &Home, cfg: &Config, fault: Fault) -> Result<Node> {
     let dir = Arc::new(
         ShardDir::open(&home.path("shards"), cfg.supplier.quota_mb << 20)
-            .context("opening the shard store")?,
+            .context("opening the shard store")?
+            .with_fault(fault),
     );
     let listen = cfg
         .listen
@@ -63,11 +64,17 @@ pub async fn start_node(home: &Home, cfg: &Config) -> Result<Node> {
 }
 
 /// `dustfs serve`: a node in the foreground until SIGINT or SIGTERM.
-pub fn serve(home: &Home) -> Result<()> {
+pub fn serve(home: &Home, fault: Fault) -> Result<()> {
     let cfg = home.config()?;
     let rt = runtime()?;
     rt.block_on(async {
-        let node = start_node(home, &cfg).await?;
+        let node = start_node(home, &cfg, fault).await?;
+        if fault != Fault::Honest {
+            tracing::warn!(
+                ?fault,
+                "serving as a deliberately faulty supplier (test mode)"
+            );
+        }
         info!(peer = %node.peer_id, "serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -230,7 +237,7 @@ pub fn run_mount(
             cfg.storage.cache_mb = c;
         }
         let rt = runtime()?;
-        let node = rt.block_on(start_node(home, &cfg))?;
+        let node = rt.block_on(start_node(home, &cfg, Fault::Honest))?;
         let key = home.user_secret()?.derive().signing.clone();
         let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
         let engine = open_engine(home, &cfg, store)?;
@@ -293,10 +300,22 @@ pub fn run_mount(
                         {
                             warn!(error = %e, "audit round failed");
                         }
-                        if let Err(e) = engine.repair_round(rcfg.blocks_per_pass) {
-                            warn!(error = %e, "repair round failed");
-                        }
                         next_round = Instant::now() + interval;
+                    }
+                    // Repair passes follow each other while there is work; the budget bounds
+                    // each one and the bandwidth limit spreads them out.
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    let budget = dustfs_core::fs::RepairBudget {
+                        max_blocks: rcfg.blocks_per_pass.max(1),
+                        bytes_per_sec: rcfg.bandwidth_mb << 20,
+                    };
+                    match engine.repair_round(now_ms, budget) {
+                        Ok(n) if n > 0 => continue,
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "repair round failed"),
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }

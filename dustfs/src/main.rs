@@ -56,7 +56,12 @@ enum Cmd {
         listen: Vec<String>,
     },
     /// Run a node (supplier + DHT) in the foreground.
-    Serve,
+    Serve {
+        /// Test hook: misbehave as a supplier (garbage, drop) so the adversarial tests have a
+        /// real faulty node to detect.
+        #[arg(long, hide = true, default_value = "honest")]
+        fault: dustfs_net::supplier::Fault,
+    },
     /// Mount the filesystem; returns once the mount is ready.
     Mount {
         /// Where to mount (an existing, empty directory).
@@ -174,7 +179,7 @@ fn run(cli: Cli) -> Result<()> {
             let home = Home::resolve(cli.home)?;
             init(&home, bootstrap, listen)
         }
-        Cmd::Serve => daemon::serve(&Home::resolve(cli.home)?),
+        Cmd::Serve { fault } => daemon::serve(&Home::resolve(cli.home)?, fault),
         Cmd::Mount {
             mountpoint,
             foreground,
@@ -443,8 +448,9 @@ fn status(home: &Home, json: bool) -> Result<()> {
     if let Some(b) = out["blocks_by_live_shards"].as_object() {
         let parts: Vec<String> = b.iter().map(|(k, v)| format!("{v} with {k}")).collect();
         println!(
-            "redundancy {} (live shards per block); repair requeued {} shards",
+            "redundancy {} (live shards per block); repair rebuilt {} MiB, requeued {} shards",
             parts.join(", "),
+            out["repair"]["bytes_rebuilt"].as_u64().unwrap_or(0) >> 20,
             out["repair"]["shards_requeued"]
         );
     }

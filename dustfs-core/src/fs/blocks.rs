@@ -235,7 +235,13 @@ impl Engine {
                 .map(<[u8]>::to_vec)
                 .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
         }
-        let block = self.fetch_block(no)?;
+        let block = {
+            // Counted while it waits on the network, so background repair yields to it.
+            self.foreground_fetches.fetch_add(1, Ordering::SeqCst);
+            let r = self.fetch_block(no);
+            self.foreground_fetches.fetch_sub(1, Ordering::SeqCst);
+            r?
+        };
         let out = block
             .get(off..off + len)
             .map(<[u8]>::to_vec)

@@ -27,7 +27,7 @@ use crate::db::{self, DbError, Rdb, cf};
 use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
-pub use repair::RepairStatus;
+pub use repair::{RepairBudget, RepairStatus};
 pub use types::*;
 
 /// Tunables of the engine.
@@ -214,6 +214,8 @@ pub struct Engine {
     suppliers: Mutex<repair::Suppliers>,
     cache: Mutex<blocks::CacheIndex>,
     queued_bytes: AtomicU64,
+    /// User reads waiting on a block fetch (repair yields to them).
+    foreground_fetches: std::sync::atomic::AtomicUsize,
     corrupt_shards: AtomicU64,
     /// Supplier space (used, granted) as file-data bytes, and when it was asked.
     space: Mutex<Option<(Instant, (u64, u64))>>,
@@ -287,6 +289,7 @@ impl Engine {
             suppliers: Mutex::new(repair::Suppliers::default()),
             cache: Mutex::new(blocks::CacheIndex::default()),
             queued_bytes: AtomicU64::new(0),
+            foreground_fetches: std::sync::atomic::AtomicUsize::new(0),
             corrupt_shards: AtomicU64::new(0),
             space: Mutex::new(None),
             progress: (Mutex::new(0), Condvar::new()),

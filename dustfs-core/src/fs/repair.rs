@@ -35,6 +35,10 @@ pub struct RepairStatus {
     pub audits_passed: u64,
     /// Audits failed since start.
     pub audits_failed: u64,
+    /// Bytes of blocks rebuilt since start.
+    pub bytes_rebuilt: u64,
+    /// Blocks waiting to be retried after a failed rebuild.
+    pub backing_off: usize,
 }
 
 /// The engine's view of its suppliers.
@@ -44,7 +48,41 @@ pub(super) struct Suppliers {
     pub(super) requeued_shards: u64,
     pub(super) audits_passed: u64,
     pub(super) audits_failed: u64,
+    /// Bytes of blocks rebuilt by repair since start.
+    pub(super) bytes_rebuilt: u64,
+    /// Blocks whose rebuild failed: (failed attempts, not before this time in ms). Kept in
+    /// memory only: the durable part of the queue is the block's `degraded` state, and after a
+    /// restart an immediate retry is harmless.
+    pub(super) backoff: HashMap<u64, (u32, u64)>,
 }
+
+/// How much repair may do in one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct RepairBudget {
+    /// Blocks rebuilt at most.
+    pub max_blocks: usize,
+    /// Block bytes fetched per second at most (0: no limit). Repair also yields to user reads
+    /// waiting on the network, so it runs at background priority.
+    pub bytes_per_sec: u64,
+}
+
+impl RepairBudget {
+    /// No bandwidth limit (tests).
+    pub fn blocks(max_blocks: usize) -> Self {
+        Self {
+            max_blocks,
+            bytes_per_sec: 0,
+        }
+    }
+}
+
+/// First retry delay of a block that could not be rebuilt; doubles per failure up to
+/// [`BACKOFF_MAX_MS`].
+const BACKOFF_BASE_MS: u64 = 2_000;
+const BACKOFF_MAX_MS: u64 = 300_000;
+/// How long repair waits at most for user reads to finish before taking its turn (so repair
+/// can never be starved for good either).
+const YIELD_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Engine {
     fn all_blocks(&self) -> FsResult<Vec<(u64, BlockRecord)>> {
@@ -291,26 +329,63 @@ impl Engine {
         Ok((passed, failed))
     }
 
-    /// One repair pass: rebuilds up to `max_blocks` degraded blocks, fewest live shards first,
-    /// and queues their missing shards for upload. Returns the number of blocks queued.
-    pub fn repair_round(&self, max_blocks: usize) -> FsResult<usize> {
-        let mut degraded: Vec<(usize, u64)> = self
-            .all_blocks()?
-            .into_iter()
-            .filter(|(_, r)| r.state == BlockState::Degraded)
-            .map(|(no, r)| (r.stored(), no))
-            .collect();
+    /// Waits (at most [`YIELD_MAX`]) while user reads are waiting on the network.
+    fn yield_to_reads(&self) {
+        let start = std::time::Instant::now();
+        while self.foreground_fetches.load(Ordering::SeqCst) > 0 && start.elapsed() < YIELD_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// One repair pass at `now_ms` (the caller's clock): rebuilds degraded blocks, fewest live
+    /// shards first, within `budget`, and queues their missing shards for upload. A block that
+    /// cannot be rebuilt now is retried with exponential backoff. Returns the number of blocks
+    /// queued.
+    pub fn repair_round(&self, now_ms: u64, budget: RepairBudget) -> FsResult<usize> {
+        let mut degraded: Vec<(usize, u64)> = {
+            let sup = lock(&self.suppliers);
+            self.all_blocks()?
+                .into_iter()
+                .filter(|(_, r)| r.state == BlockState::Degraded)
+                .filter(|(no, _)| sup.backoff.get(no).is_none_or(|&(_, t)| t <= now_ms))
+                .map(|(no, r)| (r.stored(), no))
+                .collect()
+        };
         degraded.sort_unstable();
+        let started = std::time::Instant::now();
+        let mut fetched: u64 = 0;
         let mut queued = 0;
-        for (_, no) in degraded.into_iter().take(max_blocks) {
+        for (_, no) in degraded.into_iter().take(budget.max_blocks) {
+            if budget.bytes_per_sec > 0 {
+                let due = std::time::Duration::from_secs_f64(
+                    fetched as f64 / budget.bytes_per_sec as f64,
+                );
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            self.yield_to_reads();
             // Rebuild outside the uploader's lock (it fetches from suppliers).
             let block = match self.fetch_block(no) {
                 Ok(b) => b,
                 Err(e) => {
-                    warn!(block = no, error = %e, "cannot rebuild the block now; will retry");
+                    let mut sup = lock(&self.suppliers);
+                    let entry = sup.backoff.entry(no).or_insert((0, 0));
+                    entry.0 += 1;
+                    let delay = BACKOFF_BASE_MS
+                        .saturating_mul(1 << entry.0.min(16))
+                        .min(BACKOFF_MAX_MS);
+                    entry.1 = now_ms + delay;
+                    warn!(block = no, error = %e, attempts = entry.0, retry_in_ms = delay, "cannot rebuild the block now; will retry");
                     continue;
                 }
             };
+            fetched += block.len() as u64;
+            {
+                let mut sup = lock(&self.suppliers);
+                sup.backoff.remove(&no);
+                sup.bytes_rebuilt += block.len() as u64;
+            }
             let _up = lock(&self.up);
             let Some(mut rec) = self.block_record(no)? else {
                 continue;
@@ -364,7 +439,7 @@ impl Engine {
 
     /// Suppliers by state name, blocks by live shards, and shards requeued by repair so far.
     pub fn repair_status(&self) -> FsResult<RepairStatus> {
-        let (states, requeued, audits_passed, audits_failed) = {
+        let (states, requeued, audits_passed, audits_failed, bytes_rebuilt, backing_off) = {
             let sup = lock(&self.suppliers);
             let states = sup
                 .machines
@@ -376,6 +451,8 @@ impl Engine {
                 sup.requeued_shards,
                 sup.audits_passed,
                 sup.audits_failed,
+                sup.bytes_rebuilt,
+                sup.backoff.len(),
             )
         };
         let mut by_live = BTreeMap::new();
@@ -388,6 +465,8 @@ impl Engine {
             shards_requeued: requeued,
             audits_passed,
             audits_failed,
+            bytes_rebuilt,
+            backing_off,
         })
     }
 }

@@ -514,7 +514,7 @@ fn a_supplier_gone_past_its_grace_period_is_replaced_and_its_blocks_rebuilt() {
     let gone = t.fs.liveness_round(4000, &cfg).unwrap();
     assert_eq!(gone.len(), 2, "{gone:?}");
     assert!(t.fs.status().unwrap().blocks["degraded"] > 0);
-    while t.fs.repair_round(8).unwrap() > 0 {}
+    while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
     t.sync();
     let st = t.fs.status().unwrap();
     assert_eq!(
@@ -536,6 +536,66 @@ fn a_supplier_gone_past_its_grace_period_is_replaced_and_its_blocks_rebuilt() {
 }
 
 #[test]
+fn a_block_that_cannot_be_rebuilt_yet_is_retried_with_backoff() {
+    use crate::fsm::supplier::SupplierConfig;
+    let t = setup(8, usize::MAX);
+    let data = random(12 << 20, 16);
+    let ino = t.file("a", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    let cfg = SupplierConfig {
+        suspect_after: 1,
+        grace_ms: 0,
+    };
+    t.store.set_offline("s1", true);
+    t.store.set_offline("s2", true);
+    for now in [0, 1] {
+        t.fs.liveness_round(now, &cfg).unwrap();
+    }
+    let degraded = t.fs.status().unwrap().blocks["degraded"];
+    assert!(degraded > 0);
+    // Every other supplier is briefly unreachable: nothing can be rebuilt, every degraded
+    // block backs off instead of being hammered on each pass.
+    let others = ["s3", "s4", "s5", "s6", "s7", "s8"];
+    for s in others {
+        t.store.set_offline(s, true);
+    }
+    assert_eq!(
+        t.fs.repair_round(10_000, RepairBudget::blocks(64)).unwrap(),
+        0
+    );
+    assert_eq!(t.fs.repair_status().unwrap().backing_off as u64, degraded);
+    for s in others {
+        t.store.set_offline(s, false);
+    }
+    // Still inside the first backoff (4 s): not retried yet.
+    assert_eq!(
+        t.fs.repair_round(11_000, RepairBudget::blocks(64)).unwrap(),
+        0
+    );
+    // After it: rebuilt, and the backoff entries are gone.
+    assert_eq!(
+        t.fs.repair_round(14_000, RepairBudget::blocks(64)).unwrap() as u64,
+        degraded
+    );
+    t.sync();
+    let r = t.fs.repair_status().unwrap();
+    assert_eq!(r.backing_off, 0);
+    assert!(r.bytes_rebuilt > 0);
+    assert_eq!(
+        t.fs.status()
+            .unwrap()
+            .blocks
+            .get("degraded")
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
+
+#[test]
 fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
     let t = setup(7, usize::MAX);
     let data = random(6 << 20, 15);
@@ -550,7 +610,7 @@ fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
     t.store.set_corrupt(&bad);
     assert_eq!(t.read_all(ino), data);
     assert!(t.fs.status().unwrap().blocks["degraded"] > 0);
-    while t.fs.repair_round(8).unwrap() > 0 {}
+    while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
     t.sync();
     // The corrupting supplier was replaced: it holds none of our shards any more.
     assert!(t.fs.all_blocks_for_test().iter().all(|r| {
@@ -595,7 +655,7 @@ fn audits_catch_a_supplier_that_dropped_its_shards_and_the_blocks_are_rebuilt() 
         seed += 1;
         assert!(seed < 50, "the audits never caught s5");
     }
-    while t.fs.repair_round(8).unwrap() > 0 {}
+    while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
     t.sync();
     let st = t.fs.status().unwrap();
     assert_eq!(
