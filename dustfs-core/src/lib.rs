@@ -14,6 +14,7 @@ pub mod erasure;
 pub mod fs;
 pub mod fsm;
 pub mod keys;
+pub mod root;
 pub mod seal;
 pub mod shard;
 pub mod sim;

@@ -48,6 +48,13 @@ pub trait ShardStore: Send + Sync {
         start: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError>;
+    /// Every shard id this customer has on a supplier (restore maps shards to suppliers so).
+    fn list(&self, supplier: &SupplierId) -> Result<Vec<ShardId>, StoreError>;
+    /// Hands a signed root record to a supplier (see [`crate::root`]); it keeps it.
+    fn put_root(&self, supplier: &SupplierId, signed: &[u8]) -> Result<(), StoreError>;
+    /// The signed root records a supplier keeps for this customer (unverified: the caller
+    /// checks them).
+    fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
 /// An in-memory store for engine tests: named suppliers, each with a quota, that can be taken
@@ -63,6 +70,7 @@ struct MemInner {
     quota: HashMap<SupplierId, usize>,
     offline: HashSet<SupplierId>,
     corrupt: HashSet<SupplierId>,
+    roots: HashMap<SupplierId, Vec<Vec<u8>>>,
 }
 
 impl MemStore {
@@ -209,5 +217,36 @@ impl ShardStore for MemStore {
             m.remove(id);
         }
         Ok(())
+    }
+
+    fn list(&self, supplier: &SupplierId) -> Result<Vec<ShardId>, StoreError> {
+        let g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        Ok(g.shards
+            .get(supplier)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    fn put_root(&self, supplier: &SupplierId, signed: &[u8]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        g.roots
+            .entry(supplier.clone())
+            .or_default()
+            .push(signed.to_vec());
+        Ok(())
+    }
+
+    fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        Ok(g.roots.get(supplier).cloned().unwrap_or_default())
     }
 }

@@ -8,6 +8,7 @@
 
 mod blocks;
 mod data;
+mod meta;
 mod repair;
 pub mod types;
 
@@ -27,6 +28,7 @@ use crate::db::{self, DbError, Rdb, cf};
 use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
+pub use meta::{Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo};
 pub use repair::{RepairBudget, RepairStatus};
 pub use types::*;
 
@@ -95,6 +97,9 @@ pub enum FsError {
     /// Data failed verification and could not be rebuilt.
     #[error("data corrupt: {0}")]
     Corrupt(String),
+    /// Restore found no snapshot of this identity on the network.
+    #[error("{0}")]
+    NoSnapshot(String),
     /// Local database failure.
     #[error(transparent)]
     Db(#[from] DbError),

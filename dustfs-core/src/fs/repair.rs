@@ -85,7 +85,7 @@ const BACKOFF_MAX_MS: u64 = 300_000;
 const YIELD_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Engine {
-    fn all_blocks(&self) -> FsResult<Vec<(u64, BlockRecord)>> {
+    pub(super) fn all_blocks(&self) -> FsResult<Vec<(u64, BlockRecord)>> {
         let mut out = Vec::new();
         for item in self
             .db

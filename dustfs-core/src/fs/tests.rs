@@ -671,3 +671,181 @@ fn audits_catch_a_supplier_that_dropped_its_shards_and_the_blocks_are_rebuilt() 
     t.fs.cache_drop().unwrap();
     assert_eq!(t.read_all(ino), data);
 }
+
+impl T {
+    /// Snapshot + upload + publish, as `dustfs sync` does.
+    fn publish(&self) -> SnapshotInfo {
+        self.sync();
+        let p = self.fs.snapshot_metadata().unwrap();
+        self.sync();
+        self.fs.publish_snapshot(p).unwrap()
+    }
+
+    /// A fresh engine in a new directory with the same keys and store, restored from the
+    /// network, then reopened.
+    fn restore_elsewhere(&self, dir: &std::path::Path) -> FsResult<(Arc<Engine>, RestoreInfo)> {
+        let store: Arc<dyn ShardStore> = self.store.clone();
+        let fresh = Engine::open(
+            dir,
+            self.keys.clone(),
+            EngineConfig::default(),
+            store.clone(),
+        )?;
+        let info = fresh.restore_from_network(|_, _| {});
+        drop(fresh);
+        let info = info?;
+        let e = Engine::open(dir, self.keys.clone(), EngineConfig::default(), store)?;
+        Ok((e, info))
+    }
+}
+
+fn tree_of(fs: &Engine, dir: Ino, prefix: &str, out: &mut Vec<(String, Kind, u16, u64, Vec<u8>)>) {
+    for e in fs.readdir(dir, 0, usize::MAX).unwrap() {
+        let name = String::from_utf8_lossy(&e.name).to_string();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let i = fs.get_inode(e.ino).unwrap();
+        let path = format!("{prefix}/{name}");
+        let content = match i.kind {
+            Kind::File => {
+                let mut v = Vec::new();
+                while (v.len() as u64) < i.size {
+                    v.extend(fs.read(i.ino, v.len() as u64, 1 << 20).unwrap());
+                }
+                v
+            }
+            Kind::Symlink => fs.readlink(i.ino).unwrap(),
+            _ => Vec::new(),
+        };
+        out.push((path.clone(), i.kind, i.perm, i.ino, content));
+        if i.kind == Kind::Dir {
+            tree_of(fs, i.ino, &path, out);
+        }
+    }
+}
+
+#[test]
+fn a_fresh_engine_restores_the_whole_namespace_from_the_network_alone() {
+    let t = setup(8, usize::MAX);
+    let big = random(9 << 20, 21);
+    t.file("big", &big);
+    let d =
+        t.fs.create(ROOT, OsStr::new("dir"), Kind::Dir, 0o750, 0, 0, 0, None)
+            .unwrap();
+    for n in 0..300 {
+        let i =
+            t.fs.create(
+                d.ino,
+                OsStr::new(&format!("f{n}")),
+                Kind::File,
+                0o600,
+                0,
+                0,
+                0,
+                None,
+            )
+            .unwrap();
+        t.fs.write(i.ino, 0, format!("small file {n}").as_bytes())
+            .unwrap();
+    }
+    t.fs.create(
+        ROOT,
+        OsStr::new("link"),
+        Kind::Symlink,
+        0o777,
+        0,
+        0,
+        0,
+        Some(std::path::Path::new("dir/f7")),
+    )
+    .unwrap();
+    let first = t.publish();
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.files, 301);
+    // A second snapshot after a change: it is the one restored.
+    t.file("later", b"written after the first snapshot");
+    let second = t.publish();
+    assert_eq!(second.seq, 2);
+    let mut want = Vec::new();
+    tree_of(&t.fs, ROOT, "", &mut want);
+
+    // Two suppliers gone before the restore: every block still has k shards.
+    t.store.set_offline("s1", true);
+    t.store.set_offline("s2", true);
+    let other = tempfile::tempdir().unwrap();
+    let (e, info) = t.restore_elsewhere(&other.path().join("db")).unwrap();
+    assert_eq!(info.snapshot.seq, 2);
+    assert_eq!(info.snapshot.files, 302);
+    assert!(info.blocks > 0);
+    let mut got = Vec::new();
+    e.cache_drop().unwrap();
+    tree_of(&e, ROOT, "", &mut got);
+    assert!(got == want, "restored tree differs");
+    // Blocks missing the offline suppliers' shards are degraded and get repaired.
+    assert!(
+        e.status()
+            .unwrap()
+            .blocks
+            .get("degraded")
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+    // The restored home goes on: new files get fresh inode and block numbers.
+    let n = e
+        .create(ROOT, OsStr::new("new"), Kind::File, 0o644, 0, 0, 0, None)
+        .unwrap();
+    assert!(want.iter().all(|w| w.3 != n.ino));
+    e.write(n.ino, 0, b"after restore").unwrap();
+    e.seal_all().unwrap();
+    assert_eq!(e.read(n.ino, 0, 100).unwrap(), b"after restore");
+    let big_ino = e.lookup(ROOT, OsStr::new("big")).unwrap().ino;
+    e.cache_drop().unwrap();
+    let mut v = Vec::new();
+    while v.len() < big.len() {
+        v.extend(e.read(big_ino, v.len() as u64, 1 << 20).unwrap());
+    }
+    assert!(v == big);
+}
+
+#[test]
+fn restore_refuses_forged_and_ignores_older_root_records_and_says_when_there_is_none() {
+    let t = setup(6, usize::MAX);
+    let other = tempfile::tempdir().unwrap();
+    // Nothing published yet: a clear error, not an empty tree.
+    match t.restore_elsewhere(&other.path().join("none")) {
+        Err(FsError::NoSnapshot(msg)) => assert!(msg.contains("no snapshot"), "{msg}"),
+        other => panic!("expected NoSnapshot, got {:?}", other.map(|x| x.1)),
+    }
+    t.file("a", b"version one");
+    let old = t.publish();
+    t.fs.unlink(ROOT, OsStr::new("a")).unwrap();
+    t.file("b", b"version two");
+    t.publish();
+    // A supplier serves a forged record with a higher sequence number (signed by another
+    // key), and the old genuine one.
+    let thief = MasterSecret::generate().derive();
+    let forged = crate::root::RootRecord {
+        user: t.keys.public().to_bytes(),
+        seq: 99,
+        time_ms: 0,
+        manifest: crate::root::seal_manifest(&thief, b"nothing"),
+    }
+    .sign(&thief);
+    t.store.put_root(&"s3".to_string(), &forged).unwrap();
+    let old_signed = t
+        .store
+        .get_roots(&"s3".to_string())
+        .unwrap()
+        .into_iter()
+        .find(|r| crate::root::RootRecord::peek_seq(r).map(|x| x.0) == Some(old.seq))
+        .unwrap();
+    t.store.put_root(&"s4".to_string(), &old_signed).unwrap();
+    let (e, info) = t.restore_elsewhere(&other.path().join("db")).unwrap();
+    assert_eq!(info.snapshot.seq, 2);
+    assert!(info.roots_refused >= 1);
+    assert!(e.lookup(ROOT, OsStr::new("a")).is_err());
+    let b = e.lookup(ROOT, OsStr::new("b")).unwrap();
+    assert_eq!(e.read(b.ino, 0, 100).unwrap(), b"version two");
+}
