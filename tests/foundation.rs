@@ -7,64 +7,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
 
 use common::*;
-
-fn set_mtime(p: &Path, secs_ago: u64) {
-    let t = SystemTime::now() - Duration::from_secs(secs_ago);
-    std::fs::File::options()
-        .write(true)
-        .open(p)
-        .expect("open")
-        .set_modified(t)
-        .expect("set mtime");
-}
-
-/// The source tree of the rsync test: empty and tiny files up to 64 MiB, nested directories,
-/// symlinks (relative, dangling, to a directory), hard links and varied modes and mtimes.
-fn make_tree(src: &Path) {
-    std::fs::create_dir_all(src.join("a/b/c")).expect("mkdir");
-    std::fs::create_dir_all(src.join("private")).expect("mkdir");
-    std::fs::write(src.join("empty"), b"").expect("write");
-    std::fs::write(src.join("one-byte"), b"x").expect("write");
-    std::fs::write(src.join("a/b/c/deep.txt"), b"deep inside\n").expect("write");
-    for (name, len, seed) in [
-        ("a/1k.bin", 1000u64, 1u64),
-        ("a/b/100k.bin", 100_000, 2),
-        ("a/b/1m.bin", 1 << 20, 3),
-        ("a/5m-plus.bin", (5 << 20) + 3, 4),
-        ("big-64m.bin", 64 << 20, 5),
-        ("private/secret.bin", 300_000, 6),
-    ] {
-        write_random(&src.join(name), len, seed);
-    }
-    std::os::unix::fs::symlink("a/b/c/deep.txt", src.join("link-to-deep")).expect("symlink");
-    std::os::unix::fs::symlink("does/not/exist", src.join("dangling")).expect("symlink");
-    std::os::unix::fs::symlink("a", src.join("link-to-dir")).expect("symlink");
-    std::fs::hard_link(src.join("a/1k.bin"), src.join("hardlink-1k")).expect("link");
-    std::fs::hard_link(src.join("a/1k.bin"), src.join("a/b/hardlink-1k-2")).expect("link");
-    for (name, mode) in [
-        ("one-byte", 0o600),
-        ("a/1k.bin", 0o640),
-        ("a/b/100k.bin", 0o755),
-        ("empty", 0o444),
-    ] {
-        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode))
-            .expect("chmod");
-    }
-    for (i, name) in ["empty", "one-byte", "a/b/1m.bin", "big-64m.bin"]
-        .iter()
-        .enumerate()
-    {
-        set_mtime(&src.join(name), 3600 * (i as u64 + 1));
-    }
-    std::fs::set_permissions(src.join("private"), std::fs::Permissions::from_mode(0o700))
-        .expect("chmod");
-}
 
 #[test]
 fn rsync_tree_survives_remount_two_dead_suppliers_and_a_cold_cache() {

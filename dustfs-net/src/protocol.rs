@@ -116,6 +116,21 @@ pub enum Request {
         /// Slice length (at most 1 MiB).
         len: u64,
     },
+    /// Keep a root record (see `dustfs_core::root`). It carries the user's own signature, which
+    /// the supplier checks; replaying an old one only re-files a record the customer will rank
+    /// below its newer ones.
+    PutRoot {
+        /// The customer (must be the record's user).
+        customer: [u8; 32],
+        /// The signed root record.
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+    /// The root records kept for a customer (sealed manifests: nothing secret).
+    GetRoots {
+        /// The customer.
+        customer: [u8; 32],
+    },
 }
 
 /// Typed refusals, stable on the wire.
@@ -176,6 +191,10 @@ pub enum Response {
     Error(WireError),
     /// A verified slice answering an audit.
     Proof(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The root record is kept.
+    RootKept,
+    /// Signed root records, oldest first.
+    Roots(Vec<serde_bytes::ByteBuf>),
 }
 
 fn signing_bytes(s: &Signed) -> Vec<u8> {

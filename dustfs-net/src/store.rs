@@ -168,6 +168,51 @@ impl ShardStore for NetStore {
         }
     }
 
+    fn list(&self, supplier: &SupplierId) -> Result<Vec<ShardId>, StoreError> {
+        let env = Envelope::sign(&self.key, Op::List);
+        match self.call(supplier, &Request::List(env))? {
+            Response::List(ids) => Ok(ids),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
+    fn put_root(&self, supplier: &SupplierId, signed: &[u8]) -> Result<(), StoreError> {
+        match self.call(
+            supplier,
+            &Request::PutRoot {
+                customer: self.customer(),
+                record: signed.to_vec(),
+            },
+        )? {
+            Response::RootKept => Ok(()),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
+    fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError> {
+        match self.call(
+            supplier,
+            &Request::GetRoots {
+                customer: self.customer(),
+            },
+        )? {
+            Response::Roots(v) => Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect()),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
         let env = Envelope::sign(&self.key, Op::Delete { shard: *id });
         match self.call(supplier, &Request::Delete(env))? {

@@ -16,6 +16,9 @@ use tracing::{debug, warn};
 
 use crate::protocol::{self, Envelope, MAX_SHARD, MAX_SKEW_MS, Op, Request, Response, WireError};
 
+/// Root records kept per customer at most (the oldest go first).
+const MAX_ROOTS: usize = 256;
+
 /// Replay-cache entries kept at most; past that, new signed requests are refused as expired
 /// until old ones age out (bounded memory under a flood).
 const MAX_NONCES: usize = 1_000_000;
@@ -41,6 +44,9 @@ pub enum Fault {
     Garbage,
     /// Acknowledges stores without keeping anything (a supplier that cheats on disk space).
     Drop,
+    /// Hides newer root records: answers with only its oldest genuine one, plus a forgery
+    /// that claims a higher sequence number.
+    StaleRoots,
 }
 
 impl std::str::FromStr for Fault {
@@ -50,8 +56,9 @@ impl std::str::FromStr for Fault {
             "honest" => Ok(Fault::Honest),
             "garbage" => Ok(Fault::Garbage),
             "drop" => Ok(Fault::Drop),
+            "stale-roots" => Ok(Fault::StaleRoots),
             other => Err(format!(
-                "unknown fault {other:?} (expected honest, garbage or drop)"
+                "unknown fault {other:?} (expected honest, garbage, drop or stale-roots)"
             )),
         }
     }
@@ -128,7 +135,10 @@ impl ShardDir {
     pub fn usage(&self) -> DirUsage {
         let mut u = DirUsage::default();
         if let Ok(rd) = fs::read_dir(&self.root) {
-            for d in rd.flatten().filter(|d| d.file_name() != "tmp") {
+            for d in rd
+                .flatten()
+                .filter(|d| d.file_name() != "tmp" && d.file_name() != "roots")
+            {
                 for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
                     u.shards += 1;
                     u.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -281,6 +291,29 @@ impl ShardDir {
                     _ => proof,
                 }))
             }
+            Request::PutRoot { customer, record } => {
+                dustfs_core::root::RootRecord::verify(&record, &customer).map_err(|e| match e {
+                    dustfs_core::root::RootError::TooLarge => WireError::TooLarge,
+                    dustfs_core::root::RootError::Malformed(m) => WireError::Malformed(m),
+                    _ => WireError::BadSignature,
+                })?;
+                self.put_root(&customer, &record)?;
+                Ok(Response::RootKept)
+            }
+            Request::GetRoots { customer } => {
+                let mut roots = self.roots(&customer);
+                if self.fault == Fault::StaleRoots && !roots.is_empty() {
+                    roots.truncate(1);
+                    let mut forged = roots[0].clone();
+                    // Flip a byte inside the body: a "different" record, signature now invalid.
+                    let at = forged.len() / 2;
+                    forged[at] ^= 1;
+                    roots.push(forged);
+                }
+                Ok(Response::Roots(
+                    roots.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                ))
+            }
             Request::Usage { customer } => {
                 let mut st = self.lock();
                 Ok(Response::Usage {
@@ -289,6 +322,60 @@ impl ShardDir {
                 })
             }
         }
+    }
+
+    fn roots_dir(&self, customer: &[u8; 32]) -> PathBuf {
+        self.root.join("roots").join(hex::encode(customer))
+    }
+
+    /// Files a verified root record under its sequence number, crash-safely, keeping the
+    /// newest [`MAX_ROOTS`].
+    fn put_root(&self, customer: &[u8; 32], record: &[u8]) -> Result<(), WireError> {
+        let Some((seq, _)) = dustfs_core::root::RootRecord::peek_seq(record) else {
+            return Err(WireError::Malformed("root record".into()));
+        };
+        let dir = self.roots_dir(customer);
+        let internal = |e: std::io::Error| WireError::Internal(e.to_string());
+        fs::create_dir_all(&dir).map_err(internal)?;
+        let mut nonce = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let tmp = self.root.join("tmp").join(hex::encode(nonce));
+        (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(record)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dir.join(format!("{seq:020}")))?;
+            fs::File::open(&dir)?.sync_all()
+        })()
+        .map_err(internal)?;
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(internal)?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        if names.len() > MAX_ROOTS {
+            for n in &names[..names.len() - MAX_ROOTS] {
+                let _ = fs::remove_file(dir.join(n));
+            }
+        }
+        Ok(())
+    }
+
+    /// The root records kept for a customer, oldest first.
+    fn roots(&self, customer: &[u8; 32]) -> Vec<Vec<u8>> {
+        let dir = self.roots_dir(customer);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| fs::read(dir.join(n)).ok())
+            .collect()
     }
 
     fn store(&self, customer: &[u8; 32], shard: &ShardId, data: &[u8]) -> Result<(), WireError> {

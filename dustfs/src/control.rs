@@ -41,6 +41,8 @@ pub enum ControlReply {
         /// suppliers known
         suppliers: usize,
     },
+    /// `sync` published a snapshot (a root record on suppliers).
+    Snapshot(dustfs_core::fs::SnapshotInfo),
     /// The request finished.
     Done {
         /// bytes affected, where it applies
@@ -161,38 +163,69 @@ async fn handle(stream: tokio::net::UnixStream, engine: Arc<Engine>, node: Node)
             }
         }
         ControlRequest::Sync => {
+            // Data first, then the namespace packed behind it, then the root record naming it.
             let e = engine.clone();
             if let Err(err) = tokio::task::spawn_blocking(move || e.seal_all()).await? {
                 return send(&mut w, &ControlReply::Error(err.to_string())).await;
             }
-            loop {
-                let e = engine.clone();
-                let (shards, bytes) = match tokio::task::spawn_blocking(move || e.pending()).await?
-                {
-                    Ok(p) => p,
-                    Err(err) => return send(&mut w, &ControlReply::Error(err.to_string())).await,
-                };
-                if shards == 0 {
-                    return send(&mut w, &ControlReply::Done { bytes: 0 }).await;
+            if !drain(&engine, &node, &mut w).await? {
+                return Ok(());
+            }
+            let e = engine.clone();
+            let pending = match tokio::task::spawn_blocking(move || e.snapshot_metadata()).await? {
+                Ok(p) => p,
+                Err(err) => return send(&mut w, &ControlReply::Error(err.to_string())).await,
+            };
+            if !drain(&engine, &node, &mut w).await? {
+                return Ok(());
+            }
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || e.publish_snapshot(pending)).await? {
+                Ok(info) => {
+                    send(&mut w, &ControlReply::Snapshot(info)).await?;
+                    send(&mut w, &ControlReply::Done { bytes: 0 }).await
                 }
-                let suppliers = node.suppliers().len();
-                if send(
-                    &mut w,
-                    &ControlReply::Progress {
-                        shards,
-                        bytes,
-                        suppliers,
-                    },
-                )
-                .await
-                .is_err()
-                {
-                    warn!("sync client went away; uploads continue in the background");
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                Err(err) => send(&mut w, &ControlReply::Error(err.to_string())).await,
             }
         }
+    }
+}
+
+/// Waits until the upload queue is empty, sending progress lines. False if the client left
+/// (uploads go on in the background).
+async fn drain(
+    engine: &Arc<Engine>,
+    node: &Node,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<bool> {
+    loop {
+        let e = engine.clone();
+        let (shards, bytes) = match tokio::task::spawn_blocking(move || e.pending()).await? {
+            Ok(p) => p,
+            Err(err) => {
+                send(w, &ControlReply::Error(err.to_string())).await?;
+                return Ok(false);
+            }
+        };
+        if shards == 0 {
+            return Ok(true);
+        }
+        let suppliers = node.suppliers().len();
+        if send(
+            w,
+            &ControlReply::Progress {
+                shards,
+                bytes,
+                suppliers,
+            },
+        )
+        .await
+        .is_err()
+        {
+            warn!("sync client went away; uploads continue in the background");
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -389,14 +389,32 @@ pub fn run_mount(
         warn!(error = %e, "final commit failed; data stays in the local queue");
     }
     let deadline = Instant::now() + Duration::from_secs(cfg.storage.unmount_drain_secs);
-    while Instant::now() < deadline {
-        match engine.pending() {
-            Ok((0, _)) => break,
-            Ok((n, _)) => {
-                info!(shards = n, "waiting for uploads before exit");
-                engine.wait_progress(Duration::from_millis(500));
+    let drained = || {
+        while Instant::now() < deadline {
+            match engine.pending() {
+                Ok((0, _)) => return true,
+                Ok((n, _)) => {
+                    info!(shards = n, "waiting for uploads before exit");
+                    engine.wait_progress(Duration::from_millis(500));
+                }
+                Err(_) => return false,
             }
-            Err(_) => break,
+        }
+        false
+    };
+    // A clean unmount publishes a snapshot, so the namespace on the network is this one.
+    if drained() && !opts.ro {
+        match engine.snapshot_metadata() {
+            Ok(p) if drained() => match engine.publish_snapshot(p) {
+                Ok(s) => info!(
+                    seq = s.seq,
+                    files = s.files,
+                    "snapshot published at unmount"
+                ),
+                Err(e) => warn!(error = %e, "snapshot not published at unmount"),
+            },
+            Ok(_) => warn!("metadata uploads did not finish in time; no snapshot published"),
+            Err(e) => warn!(error = %e, "metadata snapshot failed"),
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -409,4 +427,160 @@ pub fn run_mount(
     result.context("FUSE session")?;
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{bytes}}/{{total_bytes}} ({{bytes_per_sec}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
+/// Waits until the node has found suppliers through the DHT and their number has settled.
+async fn wait_for_suppliers(node: &Node, timeout: Duration) -> usize {
+    let start = Instant::now();
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let n = node.suppliers().len();
+        if n != last {
+            (last, since) = (n, Instant::now());
+        }
+        let settled = since.elapsed() >= Duration::from_secs(3);
+        if (n > 0 && settled) || start.elapsed() >= timeout {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `dustfs restore`: a new home from the paper key alone. On failure, whatever this created is
+/// removed again, so the user can simply retry.
+pub fn restore(home: &Home, paper: &str, cfg: Config, all: bool) -> Result<()> {
+    let secret = dustfs_core::keys::MasterSecret::from_paper_key(paper)
+        .context("that is not a valid paper key (check the words and their order)")?;
+    if home.initialized() {
+        bail!(
+            "{} already holds a dustfs identity; restore into a new home (--home DIR)",
+            home.dir.display()
+        );
+    }
+    let fresh =
+        !home.dir.exists() || std::fs::read_dir(&home.dir).is_ok_and(|mut d| d.next().is_none());
+    if !fresh {
+        bail!(
+            "{} is not empty; restore into a new or empty directory",
+            home.dir.display()
+        );
+    }
+    home.init(&secret, &cfg)?;
+    let result = restore_into(home, &cfg, all);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&home.dir);
+    }
+    result
+}
+
+fn restore_into(home: &Home, cfg: &Config, all: bool) -> Result<()> {
+    let keys = home.user_secret()?.derive();
+    println!("user id: {}", hex::encode(keys.public().as_bytes()));
+    let rt = runtime()?;
+    let node = rt.block_on(start_node(home, cfg, Fault::Honest))?;
+    let n = rt.block_on(wait_for_suppliers(&node, Duration::from_secs(60)));
+    if n == 0 {
+        bail!("no suppliers found through the bootstrap peers within 60 s");
+    }
+    println!("asking {n} suppliers for snapshots of this identity");
+    let store = Arc::new(NetStore::new(
+        node.clone(),
+        keys.signing.clone(),
+        rt.handle().clone(),
+    ));
+    let started = Instant::now();
+    let info = {
+        let engine = Engine::open(
+            &home.path("db"),
+            keys.clone(),
+            engine_config(cfg),
+            store.clone(),
+        )
+        .context("creating the local database")?;
+        let bar = progress_bar("metadata");
+        let r = engine.restore_from_network(|done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+            }
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        r?
+    };
+    let s = &info.snapshot;
+    println!(
+        "restored snapshot {} of {}: {} files, {} bytes in files, {} bytes of metadata, in {:.1} s",
+        s.seq,
+        humantime_ms(s.time_ms),
+        s.files,
+        s.file_bytes,
+        s.stream_bytes,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{} of {} suppliers answered; {} of {} blocks have every shard (the rest are repaired after mounting){}",
+        info.suppliers_answered,
+        info.suppliers_asked,
+        info.blocks_complete,
+        info.blocks,
+        if info.roots_refused > 0 {
+            format!(
+                "; {} forged or foreign root records ignored",
+                info.roots_refused
+            )
+        } else {
+            String::new()
+        }
+    );
+    if all {
+        let engine = Engine::open(&home.path("db"), keys, engine_config(cfg), store)
+            .context("opening the restored database")?;
+        let bar = progress_bar("data");
+        let t = Instant::now();
+        let bytes = engine.prefetch_all(|done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+            }
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let bytes = bytes?;
+        let secs = t.elapsed().as_secs_f64().max(1e-3);
+        println!(
+            "fetched and verified {} MiB of blocks in {secs:.1} s ({:.1} MiB/s)",
+            bytes >> 20,
+            bytes as f64 / secs / (1 << 20) as f64
+        );
+    }
+    drop(node);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    println!(
+        "done: mount it with `dustfs --home {} mount MOUNTPOINT`",
+        home.dir.display()
+    );
+    Ok(())
+}
+
+/// A Unix time in ms as RFC 3339 (UTC, seconds).
+pub fn humantime_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }

@@ -55,6 +55,22 @@ enum Cmd {
         #[arg(long)]
         listen: Vec<String>,
     },
+    /// Rebuild a home from the paper key alone (read from standard input, or --paper-key-file):
+    /// finds the newest snapshot on the network; the next mount shows the whole tree.
+    Restore {
+        /// A peer to join through: a multiaddr with /p2p/<id>, or a file listing them.
+        #[arg(long, required = true)]
+        bootstrap: Vec<String>,
+        /// Address to listen on (repeatable). Default: all interfaces, ephemeral ports.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Read the paper key from this file instead of standard input.
+        #[arg(long)]
+        paper_key_file: Option<PathBuf>,
+        /// Also fetch every block now (verifying it), with a progress bar.
+        #[arg(long)]
+        all: bool,
+    },
     /// Run a node (supplier + DHT) in the foreground.
     Serve {
         /// Test hook: misbehave as a supplier (garbage, drop) so the adversarial tests have a
@@ -178,6 +194,34 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Init { bootstrap, listen } => {
             let home = Home::resolve(cli.home)?;
             init(&home, bootstrap, listen)
+        }
+        Cmd::Restore {
+            bootstrap,
+            listen,
+            paper_key_file,
+            all,
+        } => {
+            let home = Home::resolve(cli.home)?;
+            let paper = match paper_key_file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("type the 24 words of the paper key, then Enter:");
+                    }
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let mut cfg = Config {
+                bootstrap: absolute_bootstrap(bootstrap)?,
+                ..Config::default()
+            };
+            if !listen.is_empty() {
+                cfg.listen = listen;
+            }
+            daemon::restore(&home, &paper, cfg, all)
         }
         Cmd::Serve { fault } => daemon::serve(&Home::resolve(cli.home)?, fault),
         Cmd::Mount {
@@ -379,6 +423,7 @@ fn sync(home: &Home) -> Result<()> {
         None
     };
     let mut max = 0u64;
+    let mut snapshot = None;
     control::call(
         &home.path("control.sock"),
         &ControlRequest::Sync,
@@ -396,6 +441,10 @@ fn sync(home: &Home) -> Result<()> {
                 }
                 Ok(true)
             }
+            ControlReply::Snapshot(info) => {
+                snapshot = Some(info);
+                Ok(true)
+            }
             _ => Ok(false),
         },
     )?;
@@ -403,6 +452,12 @@ fn sync(home: &Home) -> Result<()> {
         b.finish_and_clear();
     }
     println!("everything written so far is durable on suppliers");
+    if let Some(s) = snapshot {
+        println!(
+            "snapshot {} published to {} suppliers ({} files, {} bytes of metadata)",
+            s.seq, s.suppliers, s.files, s.stream_bytes
+        );
+    }
     Ok(())
 }
 

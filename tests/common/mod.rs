@@ -445,7 +445,7 @@ pub fn sha256(path: &Path) -> String {
 }
 
 /// What a user checks of each entry of a tree.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub kind: &'static str,
     pub mode: u32,
@@ -531,4 +531,56 @@ pub fn assert_same_tree(a: &BTreeMap<PathBuf, Entry>, b: &BTreeMap<PathBuf, Entr
     for (k, ea) in a {
         assert_eq!(Some(ea), b.get(k), "{} differs", k.display());
     }
+}
+
+pub fn set_mtime(p: &Path, secs_ago: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .expect("open")
+        .set_modified(t)
+        .expect("set mtime");
+}
+
+/// The source tree of the rsync test: empty and tiny files up to 64 MiB, nested directories,
+/// symlinks (relative, dangling, to a directory), hard links and varied modes and mtimes.
+pub fn make_tree(src: &Path) {
+    std::fs::create_dir_all(src.join("a/b/c")).expect("mkdir");
+    std::fs::create_dir_all(src.join("private")).expect("mkdir");
+    std::fs::write(src.join("empty"), b"").expect("write");
+    std::fs::write(src.join("one-byte"), b"x").expect("write");
+    std::fs::write(src.join("a/b/c/deep.txt"), b"deep inside\n").expect("write");
+    for (name, len, seed) in [
+        ("a/1k.bin", 1000u64, 1u64),
+        ("a/b/100k.bin", 100_000, 2),
+        ("a/b/1m.bin", 1 << 20, 3),
+        ("a/5m-plus.bin", (5 << 20) + 3, 4),
+        ("big-64m.bin", 64 << 20, 5),
+        ("private/secret.bin", 300_000, 6),
+    ] {
+        write_random(&src.join(name), len, seed);
+    }
+    std::os::unix::fs::symlink("a/b/c/deep.txt", src.join("link-to-deep")).expect("symlink");
+    std::os::unix::fs::symlink("does/not/exist", src.join("dangling")).expect("symlink");
+    std::os::unix::fs::symlink("a", src.join("link-to-dir")).expect("symlink");
+    std::fs::hard_link(src.join("a/1k.bin"), src.join("hardlink-1k")).expect("link");
+    std::fs::hard_link(src.join("a/1k.bin"), src.join("a/b/hardlink-1k-2")).expect("link");
+    for (name, mode) in [
+        ("one-byte", 0o600),
+        ("a/1k.bin", 0o640),
+        ("a/b/100k.bin", 0o755),
+        ("empty", 0o444),
+    ] {
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    }
+    for (i, name) in ["empty", "one-byte", "a/b/1m.bin", "big-64m.bin"]
+        .iter()
+        .enumerate()
+    {
+        set_mtime(&src.join(name), 3600 * (i as u64 + 1));
+    }
+    std::fs::set_permissions(src.join("private"), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
 }

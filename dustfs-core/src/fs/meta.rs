@@ -328,6 +328,31 @@ impl Engine {
         Ok(info)
     }
 
+    /// Fetches every block into the local cache (`dustfs restore --all`), verifying each;
+    /// `progress` gets (bytes done, bytes in all). Returns the bytes fetched; blocks that could
+    /// not be fetched are counted and reported as one error at the end.
+    pub fn prefetch_all(&self, mut progress: impl FnMut(u64, u64)) -> FsResult<u64> {
+        let blocks = self.all_blocks()?;
+        let total: u64 = blocks.iter().map(|(_, r)| r.len as u64).sum();
+        let (mut done, mut failed) = (0u64, 0usize);
+        for (no, r) in blocks {
+            match self.block_slice(no, 0, 0) {
+                Ok(_) => done += r.len as u64,
+                Err(e) => {
+                    warn!(block = no, error = %e, "block could not be fetched");
+                    failed += 1;
+                }
+            }
+            progress(done, total);
+        }
+        if failed > 0 {
+            return Err(FsError::Unavailable(format!(
+                "{failed} blocks could not be fetched"
+            )));
+        }
+        Ok(done)
+    }
+
     /// The newest snapshot published from this home, if any.
     pub fn last_snapshot_seq(&self) -> FsResult<Option<u64>> {
         match self.db.get_cf(&self.cf(cf::META), META_ROOT_SEQ)? {

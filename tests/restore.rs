@@ -1,0 +1,227 @@
+//! Restore suite (issue 5): everything back on a fresh machine from the paper key alone.
+//!
+//! Needs root and /dev/fuse (fails loudly without them).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+/// `dustfs --home HOME restore --bootstrap ... [extra]` with the paper key on standard input.
+fn restore(home: &Path, net: &Testnet, paper: &str, extra: &[&str]) -> std::process::Output {
+    let mut child = dustfs()
+        .arg("--home")
+        .arg(home)
+        .args(["restore", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
+        .arg(net.bootstrap())
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("restore");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{paper}\n").as_bytes())
+        .expect("paper key");
+    child.wait_with_output().expect("restore")
+}
+
+fn restore_ok(home: &Path, net: &Testnet, paper: &str, extra: &[&str]) -> String {
+    let out = restore(home, net, paper, extra);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "restore failed:\n{text}");
+    text
+}
+
+fn restore_fails(home: &Path, net: &Testnet, paper: &str) -> String {
+    let out = restore(home, net, paper, &[]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "restore should have failed:\n{text}");
+    text
+}
+
+#[test]
+fn a_deleted_home_comes_back_from_the_paper_key_alone_even_with_two_suppliers_dead() {
+    require_root_and_fuse();
+    let root = scratch("restore");
+    let net = Testnet::up(&root, 6);
+    let (c, paper) = Customer::init(&root, &net);
+    let src = root.join("src");
+    make_tree(&src);
+    c.mount();
+    ok(Command::new("rsync")
+        .arg("-aH")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", c.mnt.display())));
+    let synced = ok(c.cmd().arg("sync"));
+    assert!(synced.contains("snapshot 1 published"), "{synced}");
+    c.umount();
+    // Everything on the customer's side is gone.
+    std::fs::remove_dir_all(&c.home).expect("rm home");
+    let expected = manifest(&src);
+
+    // A new machine: the paper key and a bootstrap address, nothing else.
+    let c2 = Customer {
+        home: root.join("home2"),
+        mnt: c.mnt.clone(),
+    };
+    let t = Instant::now();
+    let out = restore_ok(&c2.home, &net, &paper, &[]);
+    eprintln!("restore of the metadata took {:?}:\n{out}", t.elapsed());
+    c2.mount();
+    c2.cache_drop();
+    assert_same_tree(&expected, &manifest(&c2.mnt));
+    // The restored home is a normal home: it writes, syncs and publishes the next snapshot.
+    std::fs::write(c2.mnt.join("after-restore.txt"), b"hello again").expect("write");
+    let synced = ok(c2.cmd().arg("sync"));
+    assert!(synced.contains("snapshot 3 published"), "{synced}");
+    c2.umount();
+    std::fs::remove_dir_all(&c2.home).expect("rm home2");
+
+    // Again with two of the six suppliers dead, and every block fetched (--all).
+    net.kill(1);
+    net.kill(2);
+    let c3 = Customer {
+        home: root.join("home3"),
+        mnt: c.mnt.clone(),
+    };
+    let t = Instant::now();
+    let out = restore_ok(&c3.home, &net, &paper, &["--all"]);
+    eprintln!(
+        "restore --all with 2 suppliers dead took {:?}:\n{out}",
+        t.elapsed()
+    );
+    assert!(out.contains("fetched and verified"), "{out}");
+    c3.mount();
+    let got = manifest(&c3.mnt);
+    let mut expected = expected;
+    expected.insert(
+        "after-restore.txt".into(),
+        got.get(Path::new("after-restore.txt"))
+            .cloned()
+            .expect("the file written after the first restore"),
+    );
+    assert_same_tree(&expected, &got);
+    assert_eq!(
+        std::fs::read(c3.mnt.join("after-restore.txt")).expect("read"),
+        b"hello again"
+    );
+    c3.umount();
+}
+
+#[test]
+fn a_wrong_paper_key_is_refused_and_a_key_without_data_says_so() {
+    require_root_and_fuse();
+    let root = scratch("restore-keys");
+    let net = Testnet::up(&root, 6);
+    let (c, paper) = Customer::init(&root, &net);
+    c.mount();
+    std::fs::write(c.mnt.join("f"), b"data").expect("write");
+    c.sync();
+    c.umount();
+    // Two words swapped: the checksum catches it (or, for a swap it cannot see, the key is
+    // another identity, which has no data). Either way: a clear error and no home left.
+    let mut words: Vec<&str> = paper.split_whitespace().collect();
+    assert_eq!(words.len(), 24, "paper key: {paper}");
+    words[3] = if words[3] == "abandon" {
+        "ability"
+    } else {
+        "abandon"
+    };
+    let typo = words.join(" ");
+    let home = root.join("typo-home");
+    let err = restore_fails(&home, &net, &typo);
+    assert!(
+        err.contains("not a valid paper key") || err.contains("no snapshot"),
+        "{err}"
+    );
+    assert!(
+        !home.join("user.key").exists(),
+        "a failed restore left an identity behind"
+    );
+    let err = restore_fails(&home, &net, "not a paper key at all");
+    assert!(err.contains("not a valid paper key"), "{err}");
+    // A valid key of another identity that never stored anything.
+    let other = root.join("other");
+    let out = ok(dustfs()
+        .arg("--home")
+        .arg(&other)
+        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
+        .arg(net.bootstrap()));
+    let other_paper = out.lines().last().expect("paper").to_string();
+    let err = restore_fails(&root.join("empty-home"), &net, &other_paper);
+    assert!(err.contains("no snapshot of this identity"), "{err}");
+    // Restoring into a home that already holds an identity is refused, and that home is kept.
+    let err = restore_fails(&c.home, &net, &paper);
+    assert!(err.contains("already holds"), "{err}");
+    assert!(c.home.join("user.key").exists());
+}
+
+#[test]
+fn a_supplier_serving_a_forged_or_stale_root_record_does_not_fool_the_restore() {
+    require_root_and_fuse();
+    let root = scratch("restore-forged");
+    let net = Testnet::up(&root, 6);
+    // A seventh supplier that hides newer root records: it answers with its oldest genuine
+    // one and a forgery claiming a higher sequence number.
+    let liar_home = root.join("liar");
+    ok(dustfs()
+        .arg("--home")
+        .arg(&liar_home)
+        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
+        .arg(net.bootstrap()));
+    let _liar = KillOnDrop(
+        dustfs()
+            .arg("--home")
+            .arg(&liar_home)
+            .args(["serve", "--fault", "stale-roots"])
+            .stderr(std::fs::File::create(root.join("liar.log")).expect("log"))
+            .spawn()
+            .expect("serve"),
+    );
+    let (c, paper) = Customer::init(&root, &net);
+    c.mount();
+    c.wait_suppliers(7);
+    std::fs::write(c.mnt.join("old.txt"), b"first version").expect("write");
+    c.sync();
+    std::fs::remove_file(c.mnt.join("old.txt")).expect("rm");
+    std::fs::write(c.mnt.join("new.txt"), b"second version").expect("write");
+    c.sync();
+    c.umount();
+    let home2 = root.join("home2");
+    let out = restore_ok(&home2, &net, &paper, &[]);
+    assert!(
+        out.contains("forged or foreign root records ignored"),
+        "{out}"
+    );
+    let c2 = Customer {
+        home: home2,
+        mnt: c.mnt.clone(),
+    };
+    c2.mount();
+    assert!(
+        !c2.mnt.join("old.txt").exists(),
+        "an older snapshot was restored"
+    );
+    assert_eq!(
+        std::fs::read(c2.mnt.join("new.txt")).expect("read"),
+        b"second version"
+    );
+    c2.umount();
+}
