@@ -225,3 +225,74 @@ fn a_supplier_serving_a_forged_or_stale_root_record_does_not_fool_the_restore() 
     );
     c2.umount();
 }
+
+#[test]
+fn an_earlier_snapshot_mounts_read_only_and_shows_the_earlier_tree() {
+    require_root_and_fuse();
+    let root = scratch("snapshots");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let big = root.join("big.bin");
+    write_random(&big, 6 << 20, 61);
+    ok(Command::new("cp").arg(&big).arg(c.mnt.join("big.bin")));
+    std::fs::write(c.mnt.join("kept.txt"), b"kept").expect("write");
+    std::fs::write(c.mnt.join("changed.txt"), b"before").expect("write");
+    std::fs::create_dir(c.mnt.join("gone")).expect("mkdir");
+    std::fs::write(c.mnt.join("gone/file"), b"deleted later").expect("write");
+    let s1 = ok(c.cmd().arg("sync"));
+    assert!(s1.contains("snapshot 1 published"), "{s1}");
+    std::fs::write(c.mnt.join("changed.txt"), b"after, and longer").expect("write");
+    std::fs::remove_dir_all(c.mnt.join("gone")).expect("rm");
+    std::fs::remove_file(c.mnt.join("big.bin")).expect("rm");
+    std::fs::write(c.mnt.join("new.txt"), b"new").expect("write");
+    c.sync();
+    let list = ok(c.cmd().args(["snapshots", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let seqs: Vec<u64> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, vec![1, 2], "{list}");
+    assert_eq!(list[0]["files"], 4, "{list}");
+
+    // Snapshot 1, read-only, next to the live mount.
+    let snap = root.join("snap");
+    std::fs::create_dir_all(&snap).expect("mkdir");
+    ok(c.cmd().arg("mount").arg(&snap).args(["-o", "snapshot=1"]));
+    assert_eq!(
+        std::fs::read(snap.join("changed.txt")).expect("read"),
+        b"before"
+    );
+    assert_eq!(
+        std::fs::read(snap.join("gone/file")).expect("read"),
+        b"deleted later"
+    );
+    assert_eq!(sha256(&snap.join("big.bin")), sha256(&big));
+    assert!(!snap.join("new.txt").exists());
+    for attempt in [
+        std::fs::write(snap.join("kept.txt"), b"x"),
+        std::fs::write(snap.join("other.txt"), b"x"),
+        std::fs::remove_file(snap.join("kept.txt")),
+        std::fs::create_dir(snap.join("dir")),
+    ] {
+        let e = attempt.expect_err("a write to a snapshot succeeded");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    }
+    // The live tree is the newer one.
+    assert_eq!(
+        std::fs::read(c.mnt.join("changed.txt")).expect("read"),
+        b"after, and longer"
+    );
+    assert!(!c.mnt.join("gone").exists());
+    let pid: u32 = std::fs::read_to_string(c.home.join("snapshot-1.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    ok(Command::new("umount").arg(&snap));
+    wait_gone(pid, std::time::Duration::from_secs(60));
+    c.umount();
+}

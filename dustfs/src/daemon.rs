@@ -34,16 +34,28 @@ pub async fn start_node(home: &Home, cfg: &Config, fault: Fault) -> Result<Node>
             .context("opening the shard store")?
             .with_fault(fault),
     );
+    start_node_as(home, cfg, home.node_key()?, Some(dir)).await
+}
+
+/// Starts a node with a given network key, supplier or not. Only the home's own node (the
+/// supplier) publishes its addresses in `HOME/addrs`.
+async fn start_node_as(
+    home: &Home,
+    cfg: &Config,
+    keypair: dustfs_net::Keypair,
+    dir: Option<Arc<ShardDir>>,
+) -> Result<Node> {
+    let is_supplier = dir.is_some();
     let listen = cfg
         .listen
         .iter()
         .map(|a| a.parse().with_context(|| format!("listen address {a}")))
         .collect::<Result<Vec<_>>>()?;
     let node = Node::start(NodeConfig {
-        keypair: home.node_key()?,
+        keypair,
         listen,
         bootstrap: home.bootstrap(cfg)?,
-        supplier: Some(dir),
+        supplier: dir,
     })
     .await?;
     let addrs = node
@@ -51,6 +63,9 @@ pub async fn start_node(home: &Home, cfg: &Config, fault: Fault) -> Result<Node>
         .await;
     if addrs.is_empty() {
         bail!("the node could not listen on any of {:?}", cfg.listen);
+    }
+    if !is_supplier {
+        return Ok(node);
     }
     // Publish our full addresses for testnets and for people to hand out as bootstrap.
     let text: String = addrs
@@ -237,10 +252,30 @@ pub fn run_mount(
             cfg.storage.cache_mb = c;
         }
         let rt = runtime()?;
-        let node = rt.block_on(start_node(home, &cfg, Fault::Honest))?;
         let key = home.user_secret()?.derive().signing.clone();
-        let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
-        let engine = open_engine(home, &cfg, store)?;
+        let (node, engine) = match opts.snapshot {
+            None => {
+                let node = rt.block_on(start_node(home, &cfg, Fault::Honest))?;
+                let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
+                let engine = open_engine(home, &cfg, store)?;
+                (node, engine)
+            }
+            Some(seq) => {
+                // A snapshot mount is a second, read-only client of the same identity: its own
+                // throwaway network key (no supplier role, so no second peer with the home's
+                // id) and its own database, restored from that snapshot's root record.
+                let node = rt.block_on(start_node_as(
+                    home,
+                    &cfg,
+                    dustfs_net::Keypair::generate_ed25519(),
+                    None,
+                ))?;
+                rt.block_on(wait_for_suppliers(&node, Duration::from_secs(30)));
+                let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
+                let engine = open_snapshot(home, &cfg, store, seq)?;
+                (node, engine)
+            }
+        };
         Ok::<_, anyhow::Error>((mp, cfg, rt, node, engine))
     })();
     let (mp, cfg, rt, node, engine) = match setup {
@@ -250,7 +285,12 @@ pub fn run_mount(
             return Err(e);
         }
     };
-    std::fs::write(home.path("mount.pid"), format!("{}\n", std::process::id()))?;
+    let (pid_file, sock_file) = match opts.snapshot {
+        None => ("mount.pid".to_string(), "control.sock".to_string()),
+        Some(n) => (format!("snapshot-{n}.pid"), format!("snapshot-{n}.sock")),
+    };
+    let ro = opts.ro || opts.snapshot.is_some();
+    std::fs::write(home.path(&pid_file), format!("{}\n", std::process::id()))?;
 
     // The uploader: drains the upload queue in the background.
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,6 +317,8 @@ pub fn run_mount(
         let engine = engine.clone();
         let stop = stop.clone();
         let rcfg = cfg.repair.clone();
+        // A snapshot is read-only: nothing to check or repair from it (the rw mount does).
+        let repairs = opts.snapshot.is_none();
         std::thread::Builder::new()
             .name("repair".into())
             .spawn(move || {
@@ -286,7 +328,7 @@ pub fn run_mount(
                 };
                 let interval = Duration::from_secs(rcfg.check_interval_secs.max(1));
                 let mut next_round = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
+                while repairs && !stop.load(Ordering::SeqCst) {
                     if Instant::now() >= next_round {
                         let now_ms = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -321,7 +363,7 @@ pub fn run_mount(
                 }
             })?
     };
-    let sock = home.path("control.sock");
+    let sock = home.path(&sock_file);
     let listener = crate::control::bind(&sock)?;
     rt.spawn(crate::control::serve(
         listener,
@@ -350,7 +392,10 @@ pub fn run_mount(
     }
 
     let mut options = vec![
-        fuser::MountOption::FSName(fs_name(home)),
+        fuser::MountOption::FSName(match opts.snapshot {
+            None => fs_name(home),
+            Some(n) => format!("{}@snapshot-{n}", fs_name(home)),
+        }),
         fuser::MountOption::Subtype("dustfs".into()),
     ];
     if opts.default_permissions {
@@ -359,7 +404,7 @@ pub fn run_mount(
     if opts.allow_other {
         options.push(fuser::MountOption::AllowOther);
     }
-    options.push(if opts.ro {
+    options.push(if ro {
         fuser::MountOption::RO
     } else {
         fuser::MountOption::RW
@@ -403,7 +448,7 @@ pub fn run_mount(
         false
     };
     // A clean unmount publishes a snapshot, so the namespace on the network is this one.
-    if drained() && !opts.ro {
+    if drained() && !ro {
         match engine.snapshot_metadata() {
             Ok(p) if drained() => match engine.publish_snapshot(p) {
                 Ok(s) => info!(
@@ -421,7 +466,7 @@ pub fn run_mount(
     let _ = uploader.join();
     let _ = repairer.join();
     let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(home.path("mount.pid"));
+    let _ = std::fs::remove_file(home.path(&pid_file));
     drop(engine);
     rt.shutdown_timeout(Duration::from_secs(2));
     result.context("FUSE session")?;
@@ -513,7 +558,7 @@ fn restore_into(home: &Home, cfg: &Config, all: bool) -> Result<()> {
         )
         .context("creating the local database")?;
         let bar = progress_bar("metadata");
-        let r = engine.restore_from_network(|done, total| {
+        let r = engine.restore_from_network(None, |done, total| {
             if let Some(b) = &bar {
                 b.set_length(total);
                 b.set_position(done);
@@ -583,4 +628,50 @@ fn restore_into(home: &Home, cfg: &Config, all: bool) -> Result<()> {
 /// A Unix time in ms as RFC 3339 (UTC, seconds).
 pub fn humantime_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The database of a snapshot mount: `HOME/snapshots/SEQ/db`, restored from that snapshot's
+/// root record on first use (and kept: a snapshot never changes).
+fn open_snapshot(home: &Home, cfg: &Config, store: Arc<NetStore>, seq: u64) -> Result<Arc<Engine>> {
+    let keys = home.user_secret()?.derive();
+    let dir = home.path("snapshots").join(seq.to_string());
+    let db = dir.join("db");
+    if !dir.join("complete").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let engine = Engine::open(&db, keys.clone(), engine_config(cfg), store.clone())?;
+        let info = engine.restore_from_network(Some(seq), |_, _| {});
+        drop(engine);
+        let info = info.with_context(|| format!("restoring snapshot {seq}"))?;
+        info!(
+            seq,
+            files = info.snapshot.files,
+            "snapshot restored for a read-only mount"
+        );
+        std::fs::write(dir.join("complete"), b"")?;
+    }
+    Ok(Engine::open(&db, keys, engine_config(cfg), store)?)
+}
+
+/// `dustfs snapshots`: the snapshots suppliers keep for this identity, asked through a
+/// short-lived client node (works with or without a running mount).
+pub fn snapshots(home: &Home) -> Result<Vec<dustfs_core::fs::SnapshotInfo>> {
+    let cfg = home.config()?;
+    let keys = home.user_secret()?.derive();
+    let rt = runtime()?;
+    let node = rt.block_on(start_node_as(
+        home,
+        &cfg,
+        dustfs_net::Keypair::generate_ed25519(),
+        None,
+    ))?;
+    if rt.block_on(wait_for_suppliers(&node, Duration::from_secs(30))) == 0 {
+        bail!("no suppliers found through the bootstrap peers within 30 s");
+    }
+    let store = NetStore::new(node.clone(), keys.signing.clone(), rt.handle().clone());
+    let list = dustfs_core::fs::list_snapshots(&store, &keys)?;
+    drop(store);
+    drop(node);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(list)
 }

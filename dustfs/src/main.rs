@@ -71,6 +71,13 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// List the snapshots kept on the network (each `sync` and clean unmount publishes one);
+    /// mount one read-only with `-o snapshot=ID`.
+    Snapshots {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a node (supplier + DHT) in the foreground.
     Serve {
         /// Test hook: misbehave as a supplier (garbage, drop) so the adversarial tests have a
@@ -222,6 +229,30 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.listen = listen;
             }
             daemon::restore(&home, &paper, cfg, all)
+        }
+        Cmd::Snapshots { json } => {
+            let list = daemon::snapshots(&Home::resolve(cli.home)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no snapshots yet: `dustfs sync` publishes one");
+            } else {
+                println!(
+                    "{:>6}  {:<20}  {:>8}  {:>14}  {:>9}",
+                    "ID", "TIME", "FILES", "BYTES", "SUPPLIERS"
+                );
+                for s in list {
+                    println!(
+                        "{:>6}  {:<20}  {:>8}  {:>14}  {:>9}",
+                        s.seq,
+                        daemon::humantime_ms(s.time_ms),
+                        s.files,
+                        s.file_bytes,
+                        s.suppliers
+                    );
+                }
+            }
+            Ok(())
         }
         Cmd::Serve { fault } => daemon::serve(&Home::resolve(cli.home)?, fault),
         Cmd::Mount {

@@ -24,6 +24,8 @@ pub struct MountOpts {
     pub gid: Option<u32>,
     /// Local cache bound, in MiB (overrides the configuration).
     pub cache_mb: Option<u64>,
+    /// Mount this snapshot (a root record's sequence number) read-only.
+    pub snapshot: Option<u64>,
 }
 
 impl Default for MountOpts {
@@ -35,6 +37,7 @@ impl Default for MountOpts {
             uid: None,
             gid: None,
             cache_mb: None,
+            snapshot: None,
         }
     }
 }
@@ -94,11 +97,12 @@ impl MountOpts {
                 "uid" => self.uid = Some(u32::try_from(num(value)?)?),
                 "gid" => self.gid = Some(u32::try_from(num(value)?)?),
                 "cache_mb" => self.cache_mb = Some(num(value)?),
+                "snapshot" => self.snapshot = Some(num(value)?),
                 k if PASSED_OVER.contains(&k) || k.starts_with("x-") || k == "comment" => {}
                 _ if sloppy => {}
                 _ => bail!(
                     "unknown mount option {opt:?}; dustfs knows allow_other, no_allow_other, default_permissions, \
-                     no_default_permissions, ro, rw, uid=N, gid=N, cache_mb=N (and ignores mount(8)/fstab/systemd ones)"
+                     no_default_permissions, ro, rw, uid=N, gid=N, cache_mb=N, snapshot=N (and ignores mount(8)/fstab/systemd ones)"
                 ),
             }
         }
@@ -127,6 +131,9 @@ impl MountOpts {
         }
         if let Some(g) = self.gid {
             v.push(format!("gid={g}"));
+        }
+        if let Some(n) = self.snapshot {
+            v.push(format!("snapshot={n}"));
         }
         if let Some(c) = self.cache_mb {
             v.push(format!("cache_mb={c}"));

@@ -366,6 +366,7 @@ impl Engine {
     /// afterwards: its in-memory counters are those of the empty database.
     pub fn restore_from_network(
         &self,
+        want: Option<u64>,
         mut progress: impl FnMut(u64, u64),
     ) -> FsResult<RestoreInfo> {
         let user = self.keys.public().to_bytes();
@@ -410,10 +411,14 @@ impl Engine {
                 }
             }
         }
+        if let Some(seq) = want {
+            candidates.retain(|c| RootRecord::peek_seq(c).is_some_and(|(s, _)| s == seq));
+        }
         let (best, refused) = root::newest(candidates, &user);
         let Some((rec, signed)) = best else {
             return Err(FsError::NoSnapshot(format!(
-                "no snapshot of this identity on the network ({} suppliers asked, {answered} answered{})",
+                "no snapshot {}of this identity on the network ({} suppliers asked, {answered} answered{})",
+                want.map(|s| format!("{s} ")).unwrap_or_default(),
                 suppliers.len(),
                 if refused > 0 {
                     format!(", {refused} forged or foreign root records refused")
@@ -544,4 +549,55 @@ impl Engine {
             blocks_complete: complete,
         })
     }
+}
+
+/// Every valid snapshot of this user that suppliers keep, oldest first, with the number of
+/// suppliers holding each root record.
+pub fn list_snapshots(
+    store: &dyn crate::store::ShardStore,
+    keys: &crate::keys::Keys,
+) -> FsResult<Vec<SnapshotInfo>> {
+    let user = keys.public().to_bytes();
+    let suppliers = store.suppliers();
+    let answers: Vec<Vec<Vec<u8>>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = suppliers
+            .iter()
+            .map(|s| sc.spawn(move || store.get_roots(s).unwrap_or_default()))
+            .collect();
+        hs.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let mut by_seq: std::collections::BTreeMap<u64, SnapshotInfo> = Default::default();
+    for roots in answers {
+        let mut seen = BTreeSet::new();
+        for r in roots {
+            let Ok(rec) = RootRecord::verify(&r, &user) else {
+                continue;
+            };
+            if !seen.insert(rec.seq) {
+                continue;
+            }
+            if let Some(i) = by_seq.get_mut(&rec.seq) {
+                i.suppliers += 1;
+                continue;
+            }
+            let Ok(plain) = root::open_manifest(keys, &rec.manifest) else {
+                continue;
+            };
+            let Ok(m) = db::decode::<Manifest>(cf::META, &plain) else {
+                continue;
+            };
+            by_seq.insert(
+                rec.seq,
+                SnapshotInfo {
+                    seq: rec.seq,
+                    time_ms: rec.time_ms,
+                    files: m.files,
+                    file_bytes: m.file_bytes,
+                    stream_bytes: m.stream_bytes,
+                    suppliers: 1,
+                },
+            );
+        }
+    }
+    Ok(by_seq.into_values().collect())
 }

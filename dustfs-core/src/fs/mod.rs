@@ -28,7 +28,7 @@ use crate::db::{self, DbError, Rdb, cf};
 use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
-pub use meta::{Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo};
+pub use meta::{Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo, list_snapshots};
 pub use repair::{RepairBudget, RepairStatus};
 pub use types::*;
 

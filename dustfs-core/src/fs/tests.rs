@@ -691,7 +691,7 @@ impl T {
             EngineConfig::default(),
             store.clone(),
         )?;
-        let info = fresh.restore_from_network(|_, _| {});
+        let info = fresh.restore_from_network(None, |_, _| {});
         drop(fresh);
         let info = info?;
         let e = Engine::open(dir, self.keys.clone(), EngineConfig::default(), store)?;
