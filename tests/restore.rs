@@ -296,3 +296,39 @@ fn an_earlier_snapshot_mounts_read_only_and_shows_the_earlier_tree() {
     wait_gone(pid, std::time::Duration::from_secs(60));
     c.umount();
 }
+
+#[test]
+fn a_second_machine_cannot_mount_the_same_identity_read_write_while_the_first_does() {
+    require_root_and_fuse();
+    let root = scratch("one-writer");
+    let net = Testnet::up(&root, 6);
+    let (c, paper) = Customer::init(&root, &net);
+    c.mount();
+    std::fs::write(c.mnt.join("f.txt"), b"from the first machine").expect("write");
+    c.sync();
+    // The second machine restores (reading is always allowed) while the first stays mounted.
+    let c2 = Customer {
+        home: root.join("home2"),
+        mnt: root.join("mnt2"),
+    };
+    std::fs::create_dir_all(&c2.mnt).expect("mkdir");
+    restore_ok(&c2.home, &net, &paper, &[]);
+    let err = fails(c2.cmd().arg("mount").arg(&c2.mnt));
+    assert!(
+        err.contains("mounted read-write on another machine"),
+        "{err}"
+    );
+    // Read-only works.
+    ok(c2.cmd().arg("mount").arg(&c2.mnt).args(["-o", "ro"]));
+    assert_eq!(
+        std::fs::read(c2.mnt.join("f.txt")).expect("read"),
+        b"from the first machine"
+    );
+    c2.umount();
+    // Once the first machine unmounts (releasing its lease), the second may write.
+    c.umount();
+    c2.mount();
+    std::fs::write(c2.mnt.join("g.txt"), b"from the second machine").expect("write");
+    c2.sync();
+    c2.umount();
+}

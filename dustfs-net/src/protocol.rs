@@ -50,6 +50,14 @@ pub enum Op {
     },
     /// List the customer's shards.
     List,
+    /// Take (or renew, or with `ttl_ms` 0 release) the customer's writer lease for a device:
+    /// one machine at a time may mount an identity read-write.
+    Lease {
+        /// The device asking (a hash of its network identity).
+        device: [u8; 32],
+        /// How long the lease lasts, on the supplier's clock.
+        ttl_ms: u64,
+    },
 }
 
 /// The signed part of a request.
@@ -131,6 +139,8 @@ pub enum Request {
         /// The customer.
         customer: [u8; 32],
     },
+    /// The writer lease (signed `Op::Lease`).
+    Lease(Envelope),
 }
 
 /// Typed refusals, stable on the wire.
@@ -195,6 +205,15 @@ pub enum Response {
     RootKept,
     /// Signed root records, oldest first.
     Roots(Vec<serde_bytes::ByteBuf>),
+    /// The lease is this device's (until released or `ttl_ms` passes).
+    LeaseGranted,
+    /// Another device holds the lease.
+    LeaseHeld {
+        /// The holder.
+        device: [u8; 32],
+        /// Milliseconds until it expires unless renewed.
+        remaining_ms: u64,
+    },
 }
 
 fn signing_bytes(s: &Signed) -> Vec<u8> {

@@ -68,6 +68,46 @@ impl NetStore {
     fn customer(&self) -> [u8; 32] {
         self.key.verifying_key().to_bytes()
     }
+
+    /// Takes, renews or (with `ttl_ms` 0) releases this identity's writer lease on a supplier
+    /// for `device`.
+    pub fn lease(
+        &self,
+        supplier: &SupplierId,
+        device: [u8; 32],
+        ttl_ms: u64,
+    ) -> Result<LeaseAnswer, StoreError> {
+        let env = Envelope::sign(&self.key, Op::Lease { device, ttl_ms });
+        match self.call(supplier, &Request::Lease(env))? {
+            Response::LeaseGranted => Ok(LeaseAnswer::Granted),
+            Response::LeaseHeld {
+                device,
+                remaining_ms,
+            } => Ok(LeaseAnswer::HeldBy {
+                device,
+                remaining_ms,
+            }),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+}
+
+/// A supplier's answer to a writer-lease request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// This device holds the lease now.
+    Granted,
+    /// Another device does.
+    HeldBy {
+        /// The holder.
+        device: [u8; 32],
+        /// Milliseconds until its lease expires unless renewed.
+        remaining_ms: u64,
+    },
 }
 
 fn refusal(e: WireError) -> StoreError {

@@ -16,6 +16,9 @@ use tracing::{debug, warn};
 
 use crate::protocol::{self, Envelope, MAX_SHARD, MAX_SKEW_MS, Op, Request, Response, WireError};
 
+/// Writer leases kept at most (expired ones are dropped first).
+const MAX_LEASES: usize = 100_000;
+
 /// Root records kept per customer at most (the oldest go first).
 const MAX_ROOTS: usize = 256;
 
@@ -74,6 +77,9 @@ fn garbage(len: usize) -> Vec<u8> {
 struct DirState {
     /// Bytes used per customer (computed from disk on first use).
     used: HashMap<[u8; 32], u64>,
+    /// Writer leases: customer → (device, expiry). In memory only: after a supplier restart
+    /// the holder's next renewal (every few seconds) takes it again.
+    leases: HashMap<[u8; 32], ([u8; 32], std::time::Instant)>,
     seen: HashSet<[u8; 16]>,
     seen_order: VecDeque<(u64, [u8; 16])>,
 }
@@ -290,6 +296,38 @@ impl ShardDir {
                     Fault::Garbage => garbage(proof.len()),
                     _ => proof,
                 }))
+            }
+            Request::Lease(env) => {
+                let Op::Lease { device, ttl_ms } = env.signed.op else {
+                    return Err(WireError::Malformed(
+                        "lease request with another operation".into(),
+                    ));
+                };
+                self.admit(&env)?;
+                let now = std::time::Instant::now();
+                let mut st = self.lock();
+                if let Some((holder, until)) = st.leases.get(&env.signed.customer).copied()
+                    && holder != device
+                    && until > now
+                {
+                    return Ok(Response::LeaseHeld {
+                        device: holder,
+                        remaining_ms: (until - now).as_millis() as u64,
+                    });
+                }
+                if st.leases.len() >= MAX_LEASES {
+                    st.leases.retain(|_, (_, until)| *until > now);
+                    if st.leases.len() >= MAX_LEASES {
+                        return Err(WireError::Internal("too many leases".into()));
+                    }
+                }
+                if ttl_ms == 0 {
+                    st.leases.remove(&env.signed.customer);
+                } else {
+                    let ttl = std::time::Duration::from_millis(ttl_ms.min(3_600_000));
+                    st.leases.insert(env.signed.customer, (device, now + ttl));
+                }
+                Ok(Response::LeaseGranted)
             }
             Request::PutRoot { customer, record } => {
                 dustfs_core::root::RootRecord::verify(&record, &customer).map_err(|e| match e {

@@ -253,12 +253,18 @@ pub fn run_mount(
         }
         let rt = runtime()?;
         let key = home.user_secret()?.derive().signing.clone();
-        let (node, engine) = match opts.snapshot {
+        let (node, engine, lease) = match opts.snapshot {
             None => {
                 let node = rt.block_on(start_node(home, &cfg, Fault::Honest))?;
                 let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
-                let engine = open_engine(home, &cfg, store)?;
-                (node, engine)
+                let engine = open_engine(home, &cfg, store.clone())?;
+                let lease = if opts.ro {
+                    None
+                } else {
+                    take_writer_lease(&node, &store, &engine)?;
+                    Some(store)
+                };
+                (node, engine, lease)
             }
             Some(seq) => {
                 // A snapshot mount is a second, read-only client of the same identity: its own
@@ -273,12 +279,12 @@ pub fn run_mount(
                 rt.block_on(wait_for_suppliers(&node, Duration::from_secs(30)));
                 let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
                 let engine = open_snapshot(home, &cfg, store, seq)?;
-                (node, engine)
+                (node, engine, None)
             }
         };
-        Ok::<_, anyhow::Error>((mp, cfg, rt, node, engine))
+        Ok::<_, anyhow::Error>((mp, cfg, rt, node, engine, lease))
     })();
-    let (mp, cfg, rt, node, engine) = match setup {
+    let (mp, cfg, rt, node, engine, lease) = match setup {
         Ok(v) => v,
         Err(e) => {
             ready(Err(format!("{e:#}")));
@@ -294,6 +300,19 @@ pub fn run_mount(
 
     // The uploader: drains the upload queue in the background.
     let stop = Arc::new(AtomicBool::new(false));
+    // The writer lease is renewed while mounted read-write, and released at the very end.
+    let lease_stop = Arc::new(AtomicBool::new(false));
+    let leaser = match lease {
+        Some(store) => {
+            let (node, engine, stop) = (node.clone(), engine.clone(), lease_stop.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("lease".into())
+                    .spawn(move || lease_keeper(node, store, engine, stop))?,
+            )
+        }
+        None => None,
+    };
     let uploader = {
         let engine = engine.clone();
         let stop = stop.clone();
@@ -465,6 +484,10 @@ pub fn run_mount(
     stop.store(true, Ordering::SeqCst);
     let _ = uploader.join();
     let _ = repairer.join();
+    lease_stop.store(true, Ordering::SeqCst);
+    if let Some(l) = leaser {
+        let _ = l.join();
+    }
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(home.path(&pid_file));
     drop(engine);
@@ -674,4 +697,99 @@ pub fn snapshots(home: &Home) -> Result<Vec<dustfs_core::fs::SnapshotInfo>> {
     drop(node);
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(list)
+}
+
+/// How long a writer lease lasts without renewal, and how often the mount renews it.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// Renewal interval of the writer lease.
+pub const LEASE_RENEW: Duration = Duration::from_secs(15);
+
+fn device_id(node: &Node) -> [u8; 32] {
+    *blake3::hash(&node.peer_id.to_bytes()).as_bytes()
+}
+
+/// Asks `targets` for the writer lease (`ttl` zero releases it). Returns the first other
+/// holder found, with the time left on its lease.
+fn lease_round(
+    store: &NetStore,
+    device: [u8; 32],
+    targets: &std::collections::BTreeSet<String>,
+    ttl: Duration,
+) -> Option<([u8; 32], u64)> {
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = targets
+            .iter()
+            .map(|s| sc.spawn(move || store.lease(s, device, ttl.as_millis() as u64)))
+            .collect();
+        hs.into_iter()
+            .filter_map(|h| h.join().ok())
+            .find_map(|r| match r {
+                Ok(dustfs_net::store::LeaseAnswer::HeldBy {
+                    device,
+                    remaining_ms,
+                }) => Some((device, remaining_ms)),
+                _ => None,
+            })
+    })
+}
+
+/// One writer per identity: takes the lease on every supplier of this identity before a
+/// read-write mount, refusing with a clear message when another machine holds it.
+fn take_writer_lease(node: &Node, store: &NetStore, engine: &Engine) -> Result<()> {
+    let holding = engine.holding_suppliers()?;
+    // Our suppliers must be known to ask them: wait until discovery has found all of them
+    // (or, if some are gone, until it has settled).
+    let start = Instant::now();
+    let (mut last, mut since) = (0, Instant::now());
+    while !holding.is_empty() {
+        let known: std::collections::BTreeSet<String> = node
+            .suppliers()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        if known.len() != last {
+            (last, since) = (known.len(), Instant::now());
+        }
+        let settled =
+            start.elapsed() > Duration::from_secs(5) && since.elapsed() > Duration::from_secs(2);
+        if holding.is_subset(&known) || settled || start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut targets = holding;
+    targets.extend(node.suppliers().into_iter().map(|p| p.to_string()));
+    if let Some((other, remaining_ms)) = lease_round(store, device_id(node), &targets, LEASE_TTL) {
+        bail!(
+            "this identity is mounted read-write on another machine (device {}…, its lease ends in {} s unless renewed); \
+             unmount it there, or mount here read-only with -o ro",
+            &hex::encode(other)[..12],
+            remaining_ms.div_ceil(1000)
+        );
+    }
+    Ok(())
+}
+
+/// Renews the writer lease until `stop`, then releases it.
+fn lease_keeper(node: Node, store: Arc<NetStore>, engine: Arc<Engine>, stop: Arc<AtomicBool>) {
+    let device = device_id(&node);
+    let targets = || {
+        let mut t = engine.holding_suppliers().unwrap_or_default();
+        t.extend(node.suppliers().into_iter().map(|p| p.to_string()));
+        t
+    };
+    let mut next = Instant::now() + LEASE_RENEW;
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() >= next {
+            if let Some((other, _)) = lease_round(&store, device, &targets(), LEASE_TTL) {
+                tracing::error!(
+                    other = %hex::encode(other),
+                    "another machine holds this identity's writer lease: two writers at once"
+                );
+            }
+            next = Instant::now() + LEASE_RENEW;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lease_round(&store, device, &targets(), Duration::ZERO);
 }

@@ -353,6 +353,15 @@ impl Engine {
         Ok(done)
     }
 
+    /// Suppliers that hold at least one of our shards.
+    pub fn holding_suppliers(&self) -> FsResult<BTreeSet<SupplierId>> {
+        let mut out = BTreeSet::new();
+        for (_, r) in self.all_blocks()? {
+            out.extend(r.shards.into_iter().filter_map(|s| s.supplier));
+        }
+        Ok(out)
+    }
+
     /// The newest snapshot published from this home, if any.
     pub fn last_snapshot_seq(&self) -> FsResult<Option<u64>> {
         match self.db.get_cf(&self.cf(cf::META), META_ROOT_SEQ)? {
