@@ -55,6 +55,8 @@ pub trait ShardStore: Send + Sync {
     /// The signed root records a supplier keeps for this customer (unverified: the caller
     /// checks them).
     fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Asks a supplier to forget the root record `seq` (a pruned snapshot).
+    fn delete_root(&self, supplier: &SupplierId, seq: u64) -> Result<(), StoreError>;
 }
 
 /// An in-memory store for engine tests: named suppliers, each with a quota, that can be taken
@@ -213,6 +215,9 @@ impl ShardStore for MemStore {
 
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
         let mut g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
         if let Some(m) = g.shards.get_mut(supplier) {
             m.remove(id);
         }
@@ -239,6 +244,17 @@ impl ShardStore for MemStore {
             .entry(supplier.clone())
             .or_default()
             .push(signed.to_vec());
+        Ok(())
+    }
+
+    fn delete_root(&self, supplier: &SupplierId, seq: u64) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.offline.contains(supplier) {
+            return Err(StoreError::Unreachable(supplier.clone()));
+        }
+        if let Some(v) = g.roots.get_mut(supplier) {
+            v.retain(|r| crate::root::RootRecord::peek_seq(r).map(|x| x.0) != Some(seq));
+        }
         Ok(())
     }
 

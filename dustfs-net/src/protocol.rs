@@ -58,6 +58,11 @@ pub enum Op {
         /// How long the lease lasts, on the supplier's clock.
         ttl_ms: u64,
     },
+    /// Forget the root record with this sequence number (a snapshot pruned by retention).
+    DeleteRoot {
+        /// Its sequence number.
+        seq: u64,
+    },
 }
 
 /// The signed part of a request.
@@ -141,6 +146,8 @@ pub enum Request {
     },
     /// The writer lease (signed `Op::Lease`).
     Lease(Envelope),
+    /// Forget a root record (signed `Op::DeleteRoot`).
+    DeleteRoot(Envelope),
 }
 
 /// Typed refusals, stable on the wire.

@@ -237,6 +237,18 @@ impl ShardStore for NetStore {
         }
     }
 
+    fn delete_root(&self, supplier: &SupplierId, seq: u64) -> Result<(), StoreError> {
+        let env = Envelope::sign(&self.key, Op::DeleteRoot { seq });
+        match self.call(supplier, &Request::DeleteRoot(env))? {
+            Response::Deleted => Ok(()),
+            Response::Error(e) => Err(refusal(e)),
+            other => Err(StoreError::Refused(format!(
+                "unexpected answer {:?}",
+                std::mem::discriminant(&other)
+            ))),
+        }
+    }
+
     fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError> {
         match self.call(
             supplier,

@@ -329,6 +329,23 @@ impl ShardDir {
                 }
                 Ok(Response::LeaseGranted)
             }
+            Request::DeleteRoot(env) => {
+                let Op::DeleteRoot { seq } = env.signed.op else {
+                    return Err(WireError::Malformed(
+                        "delete-root request with another operation".into(),
+                    ));
+                };
+                self.admit(&env)?;
+                let path = self
+                    .roots_dir(&env.signed.customer)
+                    .join(format!("{seq:020}"));
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(WireError::Internal(e.to_string())),
+                }
+                Ok(Response::Deleted)
+            }
             Request::PutRoot { customer, record } => {
                 dustfs_core::root::RootRecord::verify(&record, &customer).map_err(|e| match e {
                     dustfs_core::root::RootError::TooLarge => WireError::TooLarge,

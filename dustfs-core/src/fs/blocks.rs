@@ -51,7 +51,7 @@ impl CacheIndex {
         self.bytes += len;
     }
 
-    fn remove(&mut self, no: u64) {
+    pub(super) fn remove(&mut self, no: u64) {
         if let Some((_, len)) = self.blocks.remove(&no) {
             self.bytes -= len;
         }

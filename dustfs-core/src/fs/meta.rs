@@ -328,6 +328,46 @@ impl Engine {
         Ok(info)
     }
 
+    /// Reads a snapshot's metadata stream through the ordinary read path (shards verified,
+    /// chunks authenticated) and hands each record to `f` with its column family's name;
+    /// `progress` gets the stream bytes read so far.
+    pub(super) fn read_stream(
+        &self,
+        m: &Manifest,
+        mut progress: impl FnMut(u64),
+        mut f: impl FnMut(&'static str, &[u8], &[u8]) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut done = 0u64;
+        let mut ended = false;
+        for (id, _) in &m.chunks {
+            let plain = self.chunk_plain(id)?;
+            buf.extend_from_slice(&plain);
+            let used = parse_records(&buf, |tag, k, v| {
+                if ended {
+                    return Err(FsError::Corrupt(
+                        "records after the end of the stream".into(),
+                    ));
+                }
+                match STREAM_CFS.iter().find(|(t, _)| *t == tag) {
+                    Some((_, n)) => f(n, k, v),
+                    None if tag == 0 => {
+                        ended = true;
+                        Ok(())
+                    }
+                    None => Err(FsError::Corrupt(format!("unknown stream record tag {tag}"))),
+                }
+            })?;
+            buf.drain(..used);
+            done += plain.len() as u64;
+            progress(done);
+        }
+        if !ended || !buf.is_empty() {
+            return Err(FsError::Corrupt("the metadata stream is truncated".into()));
+        }
+        Ok(())
+    }
+
     /// Fetches every block into the local cache (`dustfs restore --all`), verifying each;
     /// `progress` gets (bytes done, bytes in all). Returns the bytes fetched; blocks that could
     /// not be fetched are counted and reported as one error at the end.
@@ -473,31 +513,16 @@ impl Engine {
         }
         self.db.write(b)?;
         // The stream, through the ordinary read path (shards verified, chunks authenticated).
-        let mut buf: Vec<u8> = Vec::new();
-        let mut done = 0u64;
-        let mut ended = false;
         let (mut blocks, mut complete) = (0u64, 0u64);
         let mut max_block = 0u64;
-        for (id, _) in &m.chunks {
-            let plain = self.chunk_plain(id)?;
-            buf.extend_from_slice(&plain);
-            let mut b = WriteBatch::default();
-            let used = parse_records(&buf, |tag, k, v| {
-                if ended {
-                    return Err(FsError::Corrupt(
-                        "records after the end of the stream".into(),
-                    ));
+        let mut b = WriteBatch::default();
+        self.read_stream(
+            &m,
+            |done| progress(done, m.stream_bytes),
+            |name, k, v| {
+                if b.size_in_bytes() > 4 << 20 {
+                    self.db.write(std::mem::take(&mut b))?;
                 }
-                let name = match STREAM_CFS.iter().find(|(t, _)| *t == tag) {
-                    Some((_, n)) => *n,
-                    None if tag == 0 => {
-                        ended = true;
-                        return Ok(());
-                    }
-                    None => {
-                        return Err(FsError::Corrupt(format!("unknown stream record tag {tag}")));
-                    }
-                };
                 if name == cf::BLOCKS {
                     let no = db::be_u64(k, 0)
                         .ok_or_else(|| FsError::Corrupt("bad block key in stream".into()))?;
@@ -516,15 +541,9 @@ impl Engine {
                     b.put_cf(&self.cf(name), k, v);
                 }
                 Ok(())
-            })?;
-            self.db.write(b)?;
-            buf.drain(..used);
-            done += plain.len() as u64;
-            progress(done, m.stream_bytes);
-        }
-        if !ended || !buf.is_empty() {
-            return Err(FsError::Corrupt("the metadata stream is truncated".into()));
-        }
+            },
+        )?;
+        self.db.write(b)?;
         for (no, r) in &m.blocks {
             max_block = max_block.max(*no);
             blocks += 1;

@@ -9,6 +9,7 @@
 mod blocks;
 mod data;
 mod meta;
+mod prune;
 mod repair;
 pub mod types;
 
@@ -29,6 +30,7 @@ use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
 pub use meta::{Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo, list_snapshots};
+pub use prune::{PruneReport, Retention};
 pub use repair::{RepairBudget, RepairStatus};
 pub use types::*;
 

@@ -849,3 +849,103 @@ fn restore_refuses_forged_and_ignores_older_root_records_and_says_when_there_is_
     let b = e.lookup(ROOT, OsStr::new("b")).unwrap();
     assert_eq!(e.read(b.ino, 0, 100).unwrap(), b"version two");
 }
+
+fn total_used(store: &MemStore, n: usize) -> usize {
+    (1..=n).map(|i| store.used(&format!("s{i}"))).sum()
+}
+
+#[test]
+fn prune_frees_what_no_kept_snapshot_references_and_survives_a_crash_halfway() {
+    let mut t = setup(8, usize::MAX);
+    let keep = random(3 << 20, 31);
+    let big = random(20 << 20, 32);
+    let keep_ino = t.file("keep", &keep);
+    t.file("big", &big);
+    t.publish();
+    t.fs.unlink(ROOT, OsStr::new("big")).unwrap();
+    t.publish();
+    let before = total_used(&t.store, 8);
+    // Keep two snapshots: the first still has "big", so nothing of it may go.
+    let two = Retention {
+        keep_last: 2,
+        keep_daily: 0,
+        keep_weekly: 0,
+    };
+    let r = t.fs.prune(&two).unwrap();
+    assert_eq!(r.snapshots_kept, vec![1, 2]);
+    assert!(r.snapshots_dropped.is_empty());
+    assert!(total_used(&t.store, 8) >= before - before / 20, "{r:?}");
+    {
+        let other = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ShardStore> = t.store.clone();
+        let e = Engine::open(
+            &other.path().join("s1"),
+            t.keys.clone(),
+            EngineConfig::default(),
+            store.clone(),
+        )
+        .unwrap();
+        e.restore_from_network(Some(1), |_, _| {}).unwrap();
+        drop(e);
+        let e = Engine::open(
+            &other.path().join("s1"),
+            t.keys.clone(),
+            EngineConfig::default(),
+            store,
+        )
+        .unwrap();
+        let b = e.lookup(ROOT, OsStr::new("big")).unwrap();
+        let mut v = Vec::new();
+        while v.len() < big.len() {
+            v.extend(e.read(b.ino, v.len() as u64, 1 << 20).unwrap());
+        }
+        assert!(v == big, "a kept snapshot lost data");
+    }
+
+    // Keep only the newest: "big" goes. The suppliers are unreachable while the deletes are
+    // sent (as if the process died after marking): nothing is lost, the trash remains.
+    let one = Retention {
+        keep_last: 1,
+        keep_daily: 0,
+        keep_weekly: 0,
+    };
+    let others: Vec<String> = (1..=8).map(|i| format!("s{i}")).collect();
+    for s in &others[..2] {
+        t.store.set_offline(s, true);
+    }
+    let r = t.fs.prune(&one).unwrap();
+    assert_eq!(r.snapshots_dropped, vec![1]);
+    assert!(r.blocks_pending > 0, "{r:?}");
+    // "Crash" and restart, suppliers back: the next prune finishes the job.
+    for s in &others[..2] {
+        t.store.set_offline(s, false);
+    }
+    t.reopen();
+    let r2 = t.fs.prune(&one).unwrap();
+    assert_eq!(r2.blocks_pending, 0, "{r2:?}");
+    let after = total_used(&t.store, 8);
+    // "big" was 20 of the 23 MiB: at least half of its share is gone from the suppliers.
+    assert!(after < before * 3 / 5, "before {before}, after {after}");
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(keep_ino), keep);
+    // Snapshot 1 is gone from the suppliers' lists; the newest stays.
+    let seqs: Vec<u64> = crate::fs::list_snapshots(&*t.store, &t.keys)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(seqs, vec![2]);
+    // Everything still works afterwards: a new snapshot and a restore of it.
+    t.file("after", b"after the prune");
+    t.publish();
+    let other = tempfile::tempdir().unwrap();
+    let (e, info) = t.restore_elsewhere(&other.path().join("db")).unwrap();
+    assert_eq!(info.snapshot.seq, 3);
+    let k = e.lookup(ROOT, OsStr::new("keep")).unwrap();
+    let mut v = Vec::new();
+    while v.len() < keep.len() {
+        v.extend(e.read(k.ino, v.len() as u64, 1 << 20).unwrap());
+    }
+    assert!(v == keep);
+    assert!(e.lookup(ROOT, OsStr::new("big")).is_err());
+}
