@@ -332,3 +332,63 @@ fn a_second_machine_cannot_mount_the_same_identity_read_write_while_the_first_do
     c2.sync();
     c2.umount();
 }
+
+#[test]
+fn prune_frees_the_space_of_deleted_data_and_a_prune_killed_halfway_reruns_cleanly() {
+    require_root_and_fuse();
+    let root = scratch("prune");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    // Keep only the newest snapshot.
+    c.edit_config(&[
+        ("keep_last = 10", "keep_last = 1"),
+        ("keep_daily = 7", "keep_daily = 0"),
+        ("keep_weekly = 4", "keep_weekly = 0"),
+    ]);
+    c.mount();
+    let keep = root.join("keep.bin");
+    write_random(&keep, 4 << 20, 71);
+    ok(Command::new("cp").arg(&keep).arg(c.mnt.join("keep.bin")));
+    let big = root.join("big.bin");
+    write_random(&big, 40 << 20, 72);
+    ok(Command::new("cp").arg(&big).arg(c.mnt.join("big.bin")));
+    c.sync();
+    let full = net.stored_bytes();
+    std::fs::remove_file(c.mnt.join("big.bin")).expect("rm");
+    c.sync();
+    // A prune, and the mount process SIGKILLed while it runs.
+    let prune = c
+        .cmd()
+        .arg("prune")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut prune = prune.expect("prune");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = c.mount_pid().expect("pid");
+    ok(Command::new("kill").arg("-KILL").arg(pid.to_string()));
+    wait_gone(pid, std::time::Duration::from_secs(20));
+    let _ = prune.wait();
+    // Mount again and prune again: it finishes what was started and frees the space.
+    c.mount();
+    let out = ok(c.cmd().args(["prune", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["blocks_pending"], 0, "{report}");
+    let after = net.stored_bytes();
+    eprintln!(
+        "stored {full} bytes with both files, {after} after deleting 40 of 44 MiB and pruning"
+    );
+    assert!(
+        after < full * 3 / 10,
+        "only {full} -> {after} bytes: {report}"
+    );
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("keep.bin")), sha256(&keep));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(c.cmd().args(["snapshots", "--json"]))).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    // Writing, syncing and restoring all still work after the prune.
+    std::fs::write(c.mnt.join("later.txt"), b"later").expect("write");
+    c.sync();
+    c.umount();
+}

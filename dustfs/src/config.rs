@@ -40,6 +40,8 @@ pub struct Config {
     pub supplier: Supplier,
     /// Liveness checks of suppliers and repair.
     pub repair: Repair,
+    /// Which snapshots `dustfs prune` keeps.
+    pub snapshots: dustfs_core::fs::Retention,
 }
 
 /// Liveness checks and repair.
@@ -110,6 +112,7 @@ impl Default for Config {
             storage: Storage::default(),
             supplier: Supplier::default(),
             repair: Repair::default(),
+            snapshots: dustfs_core::fs::Retention::default(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum ControlRequest {
     Sync,
     /// Forget cached blocks that are stored on suppliers.
     CacheDrop,
+    /// Delete what no kept snapshot references (retention from the configuration).
+    Prune,
 }
 
 /// One line of an answer.
@@ -43,6 +45,8 @@ pub enum ControlReply {
     },
     /// `sync` published a snapshot (a root record on suppliers).
     Snapshot(dustfs_core::fs::SnapshotInfo),
+    /// What `prune` did.
+    Pruned(dustfs_core::fs::PruneReport),
     /// The request finished.
     Done {
         /// bytes affected, where it applies
@@ -67,6 +71,7 @@ pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     engine: Arc<Engine>,
     node: Node,
+    retention: dustfs_core::fs::Retention,
 ) -> Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
@@ -74,7 +79,7 @@ pub async fn serve(
         let engine = engine.clone();
         let node = node.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, engine, node).await {
+            if let Err(e) = handle(stream, engine, node, retention).await {
                 debug!(error = %e, "control connection ended");
             }
         });
@@ -132,7 +137,12 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
     }))
 }
 
-async fn handle(stream: tokio::net::UnixStream, engine: Arc<Engine>, node: Node) -> Result<()> {
+async fn handle(
+    stream: tokio::net::UnixStream,
+    engine: Arc<Engine>,
+    node: Node,
+    retention: dustfs_core::fs::Retention,
+) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(r).lines();
     let Some(line) = lines.next_line().await? else {
@@ -152,6 +162,14 @@ async fn handle(stream: tokio::net::UnixStream, engine: Arc<Engine>, node: Node)
             let v = tokio::task::spawn_blocking(move || status_json(&e, &n)).await?;
             match v {
                 Ok(v) => send(&mut w, &ControlReply::Status(v)).await,
+                Err(e) => send(&mut w, &ControlReply::Error(e.to_string())).await,
+            }
+        }
+        ControlRequest::Prune => {
+            let e = engine.clone();
+            let policy = retention;
+            match tokio::task::spawn_blocking(move || e.prune(&policy)).await? {
+                Ok(r) => send(&mut w, &ControlReply::Pruned(r)).await,
                 Err(e) => send(&mut w, &ControlReply::Error(e.to_string())).await,
             }
         }

@@ -388,6 +388,7 @@ pub fn run_mount(
         listener,
         engine.clone(),
         node.clone(),
+        cfg.snapshots,
     ));
     // SIGTERM / SIGINT unmount cleanly, which ends the FUSE session below.
     {

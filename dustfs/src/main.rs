@@ -78,6 +78,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reclaim space: keep the snapshots `[snapshots]` in the configuration selects (and the
+    /// live tree), delete every other block from the suppliers. Runs through the mount.
+    Prune {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a node (supplier + DHT) in the foreground.
     Serve {
         /// Test hook: misbehave as a supplier (garbage, drop) so the adversarial tests have a
@@ -251,6 +258,39 @@ fn run(cli: Cli) -> Result<()> {
                         s.suppliers
                     );
                 }
+            }
+            Ok(())
+        }
+        Cmd::Prune { json } => {
+            let home = Home::resolve(cli.home)?;
+            let mut report = None;
+            control::call(&home.path("control.sock"), &ControlRequest::Prune, |r| {
+                if let ControlReply::Pruned(p) = r {
+                    report = Some(p);
+                }
+                Ok(false)
+            })?;
+            let r = report.context("the mount process sent no prune report")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "kept snapshots {:?}, dropped {:?}; deleted {} blocks ({} shards, {} MiB freed on suppliers), kept {}{}",
+                    r.snapshots_kept,
+                    r.snapshots_dropped,
+                    r.blocks_deleted,
+                    r.shards_deleted,
+                    r.bytes_freed >> 20,
+                    r.blocks_kept,
+                    if r.blocks_pending > 0 {
+                        format!(
+                            "; {} blocks wait for unreachable suppliers (the next prune retries)",
+                            r.blocks_pending
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
             }
             Ok(())
         }

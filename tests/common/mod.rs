@@ -173,7 +173,7 @@ impl Testnet {
         for i in 1..=self.nodes {
             walk_files(&self.node_dir(i).join("shards"), &mut out);
         }
-        out.retain(|p| !in_staging(p));
+        out.retain(|p| !in_staging(p) && !p.components().any(|c| c.as_os_str() == "roots"));
         out
     }
 }

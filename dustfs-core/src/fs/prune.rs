@@ -35,6 +35,7 @@ const DAY_MS: u64 = 86_400_000;
 
 /// Which snapshots to keep. The newest is always kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Retention {
     /// The newest N.
     pub keep_last: usize,
