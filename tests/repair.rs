@@ -189,6 +189,8 @@ fn suppliers_that_answer_garbage_or_drop_shards_are_caught_and_replaced() {
     });
     let st = c.status();
     assert!(st["audits"]["failed"].as_u64().unwrap_or(0) >= 1, "{st}");
+    // The connectivity machine, driven by the host: on loopback with peers, public.
+    assert_eq!(st["connectivity"], "public", "{st}");
     eprintln!(
         "garbage-answering and shard-dropping suppliers replaced, {total} blocks repaired in {took:?}"
     );

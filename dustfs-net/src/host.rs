@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::protocol::{FrameCodec, PROTOCOL};
 use crate::supplier::ShardDir;
+use dustfs_core::fsm::node::NodeEvent;
 
 /// The DHT key under which every supplier announces itself.
 pub const SUPPLIER_KEY: &[u8] = b"/dustfs/suppliers/v1";
@@ -85,6 +86,8 @@ struct Shared {
     connected: HashSet<PeerId>,
     suppliers: HashSet<PeerId>,
     known: HashSet<PeerId>,
+    /// The connectivity state machine, fed with what the swarm observes.
+    connectivity: dustfs_core::fsm::node::Node,
 }
 
 /// A handle to a running node. Cheap to clone.
@@ -109,6 +112,8 @@ pub struct NetStatus {
     pub known: usize,
     /// Suppliers found in the DHT.
     pub suppliers: Vec<String>,
+    /// The connectivity machine's state (`dustfs fsm node`).
+    pub connectivity: &'static str,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -244,6 +249,7 @@ impl Node {
             connected: s.connected.len(),
             known: s.known.len(),
             suppliers,
+            connectivity: s.connectivity.state().name(),
         }
     }
 }
@@ -308,17 +314,30 @@ impl Task {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
-                lock(&self.shared).listen.push(address);
+                let mut s = lock(&self.shared);
+                s.listen.push(address);
+                s.connectivity.handle(NodeEvent::Listening);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                lock(&self.shared).connected.insert(peer_id);
+                let mut s = lock(&self.shared);
+                s.connected.insert(peer_id);
+                let before = s.connectivity.state();
+                let now = s.connectivity.handle(NodeEvent::PeerConnected);
+                if now != before {
+                    info!(from = before.name(), to = now.name(), "connectivity");
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
-                lock(&self.shared).connected.remove(&peer_id);
+                let mut s = lock(&self.shared);
+                s.connected.remove(&peer_id);
+                if s.connected.is_empty() {
+                    let now = s.connectivity.handle(NodeEvent::AllPeersLost);
+                    warn!(to = now.name(), "connectivity: no peer connected");
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

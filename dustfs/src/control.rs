@@ -116,6 +116,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "peer_id": n.peer_id,
         "listen": n.listen,
         "peers": { "connected": n.connected, "known": n.known },
+        "connectivity": n.connectivity,
         "suppliers": n.suppliers,
         "upload_queue": { "shards": e.queued_shards, "bytes": e.queued_bytes },
         "blocks": e.blocks,

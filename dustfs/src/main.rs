@@ -546,8 +546,10 @@ fn status(home: &Home, json: bool) -> Result<()> {
     }
     println!("node       {}", out["peer_id"].as_str().unwrap_or("?"));
     println!(
-        "peers      {} connected, {} known",
-        out["peers"]["connected"], out["peers"]["known"]
+        "peers      {} connected, {} known; connectivity {}",
+        out["peers"]["connected"],
+        out["peers"]["known"],
+        out["connectivity"].as_str().unwrap_or("?")
     );
     println!(
         "suppliers  {}",
