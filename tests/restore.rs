@@ -392,3 +392,33 @@ fn prune_frees_the_space_of_deleted_data_and_a_prune_killed_halfway_reruns_clean
     c.sync();
     c.umount();
 }
+
+#[test]
+fn the_root_record_is_found_in_the_dht_when_no_supplier_has_it_on_disk() {
+    require_root_and_fuse();
+    let root = scratch("restore-dht");
+    let net = Testnet::up(&root, 6);
+    let (c, paper) = Customer::init(&root, &net);
+    c.mount();
+    std::fs::write(c.mnt.join("f.txt"), b"found through the DHT").expect("write");
+    c.sync();
+    c.umount();
+    std::fs::remove_dir_all(&c.home).expect("rm home");
+    // Every supplier loses the root records it kept on disk; the DHT copies remain.
+    for i in 1..=6 {
+        let _ = std::fs::remove_dir_all(net.node_dir(i).join("shards/roots"));
+    }
+    let home2 = root.join("home2");
+    let out = restore_ok(&home2, &net, &paper, &[]);
+    assert!(!out.contains("\n0 root records found in the DHT"), "{out}");
+    let c2 = Customer {
+        home: home2,
+        mnt: c.mnt.clone(),
+    };
+    c2.mount();
+    assert_eq!(
+        std::fs::read(c2.mnt.join("f.txt")).expect("read"),
+        b"found through the DHT"
+    );
+    c2.umount();
+}

@@ -50,6 +50,9 @@ pub enum NetError {
     /// The node has stopped.
     #[error("the network node has stopped")]
     Stopped,
+    /// A DHT record could not be stored.
+    #[error("DHT: {0}")]
+    Dht(String),
 }
 
 #[derive(NetworkBehaviour)]
@@ -77,6 +80,15 @@ enum Command {
         frame: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    GetRecords {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
 }
 
 /// What the swarm task shares with the handles.
@@ -89,6 +101,15 @@ struct Shared {
     /// The connectivity state machine, fed with what the swarm observes.
     connectivity: dustfs_core::fsm::node::Node,
 }
+
+/// The DHT key under which a user's root records are published.
+pub fn root_key(user: &[u8; 32]) -> Vec<u8> {
+    [b"/dustfs/root/".as_slice(), user].concat()
+}
+
+/// Largest value published in the DHT (libp2p's memory store keeps at most 65 KiB per
+/// record); larger root records live on suppliers only.
+pub const MAX_DHT_VALUE: usize = 60 << 10;
 
 /// A handle to a running node. Cheap to clone.
 #[derive(Clone)]
@@ -188,6 +209,8 @@ impl Node {
             swarm,
             supplier: cfg.supplier,
             pending: HashMap::new(),
+            puts: HashMap::new(),
+            gets: HashMap::new(),
             shared: shared.clone(),
             inbound: mpsc::channel(64),
             discovered: false,
@@ -208,6 +231,31 @@ impl Node {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Stores a record in the DHT (on the closest peers to `key`, at least one). Records are
+    /// not trusted by readers: they verify what they get (root records are signed).
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::PutRecord { key, value, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Every value the DHT returns for `key` (possibly none, possibly forged: verify them).
+    pub async fn get_records(&self, key: Vec<u8>) -> Vec<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .cmd
+            .send(Command::GetRecords { key, reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Suppliers found in the DHT (not this node).
@@ -261,6 +309,8 @@ struct Task {
     swarm: libp2p::Swarm<Behaviour>,
     supplier: Option<Arc<ShardDir>>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
+    gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>)>,
     shared: Arc<Mutex<Shared>>,
     /// Answers computed off the event loop, on their way back to the swarm.
     inbound: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
@@ -279,6 +329,21 @@ impl Task {
                     Some(Command::Request { peer, frame, reply }) => {
                         let id = self.swarm.behaviour_mut().rr.send_request(&peer, frame);
                         self.pending.insert(id, reply);
+                    }
+                    Some(Command::PutRecord { key, value, reply }) => {
+                        let rec = kad::Record::new(RecordKey::new(&key), value);
+                        match self.swarm.behaviour_mut().kad.put_record(rec, kad::Quorum::One) {
+                            Ok(id) => {
+                                self.puts.insert(id, reply);
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(NetError::Dht(e.to_string())));
+                            }
+                        }
+                    }
+                    Some(Command::GetRecords { key, reply }) => {
+                        let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
+                        self.gets.insert(id, (Vec::new(), reply));
                     }
                     None => break,
                 },
@@ -366,6 +431,32 @@ impl Task {
                     debug!(suppliers = s.suppliers.len(), "suppliers discovered");
                 }
                 self.discovered = s.suppliers.len() > 1;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::PutRecord(r),
+                ..
+            })) => {
+                if let Some(reply) = self.puts.remove(&id) {
+                    let _ = reply.send(r.map(|_| ()).map_err(|e| NetError::Dht(e.to_string())));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetRecord(r),
+                step,
+                ..
+            })) => {
+                if let Some((found, _)) = self.gets.get_mut(&id)
+                    && let Ok(kad::GetRecordOk::FoundRecord(p)) = &r
+                    && found.len() < 64
+                {
+                    found.push(p.record.value.clone());
+                }
+                let finished = step.last || !matches!(r, Ok(kad::GetRecordOk::FoundRecord(_)));
+                if finished && let Some((found, reply)) = self.gets.remove(&id) {
+                    let _ = reply.send(found);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, ..

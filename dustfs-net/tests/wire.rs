@@ -126,3 +126,29 @@ async fn bad_requests_are_refused_over_tcp_and_the_supplier_keeps_serving() {
 async fn bad_requests_are_refused_over_quic_and_the_supplier_keeps_serving() {
     scenario("quic").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_put_in_the_dht_by_one_node_is_found_by_another() {
+    let (s, c, _tmp) = pair("tcp").await;
+    // Let the customer's bootstrap connection and routing settle.
+    let key = dustfs_net::host::root_key(&[7u8; 32]);
+    let mut stored = false;
+    for _ in 0..50 {
+        if c.put_record(key.clone(), b"root record v1".to_vec())
+            .await
+            .is_ok()
+        {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stored, "the record was never stored on a peer");
+    let found = s.get_records(key.clone()).await;
+    assert!(found.iter().any(|v| v == b"root record v1"), "{found:?}");
+    assert!(
+        c.get_records(dustfs_net::host::root_key(&[8u8; 32]))
+            .await
+            .is_empty()
+    );
+}

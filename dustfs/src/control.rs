@@ -201,6 +201,7 @@ async fn handle(
             let e = engine.clone();
             match tokio::task::spawn_blocking(move || e.publish_snapshot(pending)).await? {
                 Ok(info) => {
+                    crate::daemon::publish_in_dht(&node, &engine, info.seq).await;
                     send(&mut w, &ControlReply::Snapshot(info)).await?;
                     send(&mut w, &ControlReply::Done { bytes: 0 }).await
                 }

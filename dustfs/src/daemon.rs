@@ -471,11 +471,14 @@ pub fn run_mount(
     if drained() && !ro {
         match engine.snapshot_metadata() {
             Ok(p) if drained() => match engine.publish_snapshot(p) {
-                Ok(s) => info!(
-                    seq = s.seq,
-                    files = s.files,
-                    "snapshot published at unmount"
-                ),
+                Ok(s) => {
+                    info!(
+                        seq = s.seq,
+                        files = s.files,
+                        "snapshot published at unmount"
+                    );
+                    rt.block_on(publish_in_dht(&node, &engine, s.seq));
+                }
                 Err(e) => warn!(error = %e, "snapshot not published at unmount"),
             },
             Ok(_) => warn!("metadata uploads did not finish in time; no snapshot published"),
@@ -566,7 +569,16 @@ fn restore_into(home: &Home, cfg: &Config, all: bool) -> Result<()> {
     if n == 0 {
         bail!("no suppliers found through the bootstrap peers within 60 s");
     }
-    println!("asking {n} suppliers for snapshots of this identity");
+    println!("asking {n} suppliers and the DHT for snapshots of this identity");
+    let dht_roots = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            node.get_records(dustfs_net::host::root_key(&keys.public().to_bytes())),
+        )
+        .await
+        .unwrap_or_default()
+    });
+    println!("{} root records found in the DHT", dht_roots.len());
     let store = Arc::new(NetStore::new(
         node.clone(),
         keys.signing.clone(),
@@ -582,7 +594,7 @@ fn restore_into(home: &Home, cfg: &Config, all: bool) -> Result<()> {
         )
         .context("creating the local database")?;
         let bar = progress_bar("metadata");
-        let r = engine.restore_from_network(None, |done, total| {
+        let r = engine.restore_from_network(None, dht_roots, |done, total| {
             if let Some(b) = &bar {
                 b.set_length(total);
                 b.set_position(done);
@@ -664,7 +676,7 @@ fn open_snapshot(home: &Home, cfg: &Config, store: Arc<NetStore>, seq: u64) -> R
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let engine = Engine::open(&db, keys.clone(), engine_config(cfg), store.clone())?;
-        let info = engine.restore_from_network(Some(seq), |_, _| {});
+        let info = engine.restore_from_network(Some(seq), Vec::new(), |_, _| {});
         drop(engine);
         let info = info.with_context(|| format!("restoring snapshot {seq}"))?;
         info!(
@@ -793,4 +805,25 @@ fn lease_keeper(node: Node, store: Arc<NetStore>, engine: Arc<Engine>, stop: Arc
         std::thread::sleep(Duration::from_millis(200));
     }
     lease_round(&store, device, &targets(), Duration::ZERO);
+}
+
+/// Publishes snapshot `seq`'s root record in the DHT too (best effort: suppliers have it).
+pub async fn publish_in_dht(node: &Node, engine: &Engine, seq: u64) {
+    let Ok(Some(signed)) = engine.root_record(seq) else {
+        return;
+    };
+    if signed.len() > dustfs_net::host::MAX_DHT_VALUE {
+        info!(
+            seq,
+            bytes = signed.len(),
+            "root record too large for the DHT; suppliers keep it"
+        );
+        return;
+    }
+    let key = dustfs_net::host::root_key(&engine.user_id());
+    match tokio::time::timeout(Duration::from_secs(10), node.put_record(key, signed)).await {
+        Ok(Ok(())) => info!(seq, "root record published in the DHT"),
+        Ok(Err(e)) => warn!(seq, error = %e, "root record not published in the DHT"),
+        Err(_) => warn!(seq, "publishing the root record in the DHT timed out"),
+    }
 }

@@ -393,6 +393,18 @@ impl Engine {
         Ok(done)
     }
 
+    /// The user's public key (identity).
+    pub fn user_id(&self) -> [u8; 32] {
+        self.keys.public().to_bytes()
+    }
+
+    /// The signed root record `seq` as this home published or restored it.
+    pub fn root_record(&self, seq: u64) -> FsResult<Option<Vec<u8>>> {
+        let mut k = META_ROOT_PREFIX.to_vec();
+        k.extend_from_slice(&seq.to_be_bytes());
+        Ok(self.db.get_cf(&self.cf(cf::META), k)?)
+    }
+
     /// Suppliers that hold at least one of our shards.
     pub fn holding_suppliers(&self) -> FsResult<BTreeSet<SupplierId>> {
         let mut out = BTreeSet::new();
@@ -416,6 +428,7 @@ impl Engine {
     pub fn restore_from_network(
         &self,
         want: Option<u64>,
+        extra_roots: Vec<Vec<u8>>,
         mut progress: impl FnMut(u64, u64),
     ) -> FsResult<RestoreInfo> {
         let user = self.keys.public().to_bytes();
@@ -451,7 +464,8 @@ impl Engine {
         });
         let answered = answers.iter().filter(|(_, a)| a.is_some()).count();
         let mut where_: HashMap<ShardId, Vec<SupplierId>> = HashMap::new();
-        let mut candidates = Vec::new();
+        // Root records found elsewhere (the DHT) count the same: each is verified.
+        let mut candidates = extra_roots;
         for (s, a) in answers {
             if let Some((roots, list)) = a {
                 candidates.extend(roots);

@@ -691,7 +691,7 @@ impl T {
             EngineConfig::default(),
             store.clone(),
         )?;
-        let info = fresh.restore_from_network(None, |_, _| {});
+        let info = fresh.restore_from_network(None, Vec::new(), |_, _| {});
         drop(fresh);
         let info = info?;
         let e = Engine::open(dir, self.keys.clone(), EngineConfig::default(), store)?;
@@ -885,7 +885,8 @@ fn prune_frees_what_no_kept_snapshot_references_and_survives_a_crash_halfway() {
             store.clone(),
         )
         .unwrap();
-        e.restore_from_network(Some(1), |_, _| {}).unwrap();
+        e.restore_from_network(Some(1), Vec::new(), |_, _| {})
+            .unwrap();
         drop(e);
         let e = Engine::open(
             &other.path().join("s1"),
