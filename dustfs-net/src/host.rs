@@ -302,6 +302,9 @@ impl Node {
     }
 }
 
+/// A DHT lookup under way: the values found so far and who waits for them.
+type PendingGet = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
+
 /// A response frame and the channel it answers.
 type Answer = (ResponseChannel<Vec<u8>>, Vec<u8>);
 
@@ -310,7 +313,7 @@ struct Task {
     supplier: Option<Arc<ShardDir>>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
-    gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>)>,
+    gets: HashMap<kad::QueryId, PendingGet>,
     shared: Arc<Mutex<Shared>>,
     /// Answers computed off the event loop, on their way back to the swarm.
     inbound: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
