@@ -169,9 +169,14 @@ async fn handle(
         ControlRequest::Prune => {
             let e = engine.clone();
             let policy = retention;
-            match tokio::task::spawn_blocking(move || e.prune(&policy)).await? {
-                Ok(r) => send(&mut w, &ControlReply::Pruned(r)).await,
-                Err(e) => send(&mut w, &ControlReply::Error(e.to_string())).await,
+            match tokio::task::spawn_blocking(move || prune(&e, &policy)).await? {
+                Ok((r, published)) => {
+                    if let Some(seq) = published {
+                        crate::daemon::publish_in_dht(&node, &engine, seq).await;
+                    }
+                    send(&mut w, &ControlReply::Pruned(r)).await
+                }
+                Err(e) => send(&mut w, &ControlReply::Error(format!("{e:#}"))).await,
             }
         }
         ControlRequest::CacheDrop => {
@@ -209,6 +214,42 @@ async fn handle(
             }
         }
     }
+}
+
+/// Blocks until the upload queue is empty (at most `limit`).
+fn wait_drained(engine: &Engine, limit: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (shards, _) = engine.pending()?;
+        if shards == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{shards} shards still wait for upload; prune stopped before deleting anything");
+        }
+        engine.wait_progress(Duration::from_millis(250));
+    }
+}
+
+/// `dustfs prune`: plan, compact sparse blocks, publish a snapshot naming the moved chunks
+/// (before anything they moved from is deleted), then mark and delete. Returns the report and
+/// the snapshot published, if any.
+fn prune(
+    engine: &Engine,
+    policy: &dustfs_core::fs::Retention,
+) -> Result<(dustfs_core::fs::PruneReport, Option<u64>)> {
+    let mut plan = engine.prune_plan(policy)?;
+    let mut published = None;
+    if engine.prune_compact(&mut plan, 0.5)? > 0 {
+        let limit = Duration::from_secs(3600);
+        wait_drained(engine, limit)?;
+        let pending = engine.snapshot_metadata()?;
+        wait_drained(engine, limit)?;
+        let info = engine.publish_snapshot(pending)?;
+        engine.prune_keep_also(&mut plan, info.seq)?;
+        published = Some(info.seq);
+    }
+    Ok((engine.prune_finish(plan)?, published))
 }
 
 /// Waits until the upload queue is empty, sending progress lines. False if the client left

@@ -275,9 +275,11 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "kept snapshots {:?}, dropped {:?}; deleted {} blocks ({} shards, {} MiB freed on suppliers), kept {}{}",
+                    "kept snapshots {:?}, dropped {:?}; compacted {} blocks ({} KiB of live chunks moved); deleted {} blocks ({} shards, {} MiB freed on suppliers), kept {}{}",
                     r.snapshots_kept,
                     r.snapshots_dropped,
+                    r.blocks_compacted,
+                    r.bytes_compacted >> 10,
                     r.blocks_deleted,
                     r.shards_deleted,
                     r.bytes_freed >> 20,

@@ -474,6 +474,13 @@ impl Engine {
                 }
             }
         }
+        // An older snapshot's own chunk index may name blocks that compaction has since
+        // emptied: chunk locations come from the newest snapshot (whose index covers every
+        // chunk a kept snapshot references), the namespace from the one asked for.
+        let newest_any = match want {
+            Some(_) => root::newest(candidates.clone(), &user).0,
+            None => None,
+        };
         if let Some(seq) = want {
             candidates.retain(|c| RootRecord::peek_seq(c).is_some_and(|(s, _)| s == seq));
         }
@@ -558,6 +565,51 @@ impl Engine {
             },
         )?;
         self.db.write(b)?;
+        if let Some((newest, _)) = newest_any.filter(|(n, _)| n.seq > rec.seq) {
+            let plain = root::open_manifest(&self.keys, &newest.manifest)
+                .map_err(|e| FsError::Corrupt(e.to_string()))?;
+            let nm: Manifest = db::decode(cf::META, &plain)?;
+            let mut b = WriteBatch::default();
+            let mut its_blocks = BTreeSet::new();
+            for (no, r) in &nm.blocks {
+                let mut r = r.clone();
+                place(&mut r);
+                b.put_cf(&self.cf(cf::BLOCKS), db::key1(*no), db::encode(&r));
+                its_blocks.insert(*no);
+                max_block = max_block.max(*no);
+            }
+            for (id, loc) in &nm.chunks {
+                b.put_cf(&self.cf(cf::CHUNKS), id.0, db::encode(loc));
+            }
+            self.db.write(b)?;
+            let mut b = WriteBatch::default();
+            self.read_stream(
+                &nm,
+                |_| {},
+                |name, k, v| {
+                    if b.size_in_bytes() > 4 << 20 {
+                        self.db.write(std::mem::take(&mut b))?;
+                    }
+                    match name {
+                        cf::CHUNKS => b.put_cf(&self.cf(cf::CHUNKS), k, v),
+                        cf::BLOCKS => {
+                            let no = db::be_u64(k, 0).ok_or_else(|| {
+                                FsError::Corrupt("bad block key in stream".into())
+                            })?;
+                            max_block = max_block.max(no);
+                            if !its_blocks.contains(&no) && !manifest_blocks.contains(&no) {
+                                let mut r: BlockRecord = db::decode(cf::BLOCKS, v)?;
+                                place(&mut r);
+                                b.put_cf(&self.cf(cf::BLOCKS), k, db::encode(&r));
+                            }
+                        }
+                        _ => {}
+                    }
+                    Ok(())
+                },
+            )?;
+            self.db.write(b)?;
+        }
         for (no, r) in &m.blocks {
             max_block = max_block.max(*no);
             blocks += 1;

@@ -30,7 +30,7 @@ use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
 pub use meta::{Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo, list_snapshots};
-pub use prune::{PruneReport, Retention};
+pub use prune::{PrunePlan, PruneReport, Retention};
 pub use repair::{RepairBudget, RepairStatus};
 pub use types::*;
 

@@ -99,9 +99,20 @@ pub struct PruneReport {
     pub shards_deleted: u64,
     /// Shard bytes freed on suppliers.
     pub bytes_freed: u64,
+    /// Blocks whose live chunks were copied out by compaction.
+    pub blocks_compacted: u64,
+    /// Bytes of live chunks copied by compaction.
+    pub bytes_compacted: u64,
     /// Blocks marked but not yet deleted everywhere (a supplier was unreachable; the next
     /// prune retries).
     pub blocks_pending: u64,
+}
+
+/// A prune under way: what the kept snapshots reference, and the report so far.
+#[derive(Debug)]
+pub struct PrunePlan {
+    refs: HashSet<ChunkId>,
+    report: PruneReport,
 }
 
 fn prefixed(prefix: &[u8], n: u64) -> Vec<u8> {
@@ -186,10 +197,17 @@ impl Engine {
         )
     }
 
-    /// Prunes: keeps the snapshots `policy` selects and the live namespace, deletes every
-    /// other block from its suppliers and forgets dropped snapshots' root records. Finishes an
-    /// interrupted earlier prune first.
+    /// Prunes without compaction: [`prune_plan`](Self::prune_plan) then
+    /// [`prune_finish`](Self::prune_finish). The mount runs the full sequence with compaction
+    /// (see `dustfs prune`).
     pub fn prune(&self, policy: &Retention) -> FsResult<PruneReport> {
+        let plan = self.prune_plan(policy)?;
+        self.prune_finish(plan)
+    }
+
+    /// First step of a prune: finishes an interrupted earlier prune, then picks the snapshots
+    /// `policy` keeps and collects every chunk they reference.
+    pub fn prune_plan(&self, policy: &Retention) -> FsResult<PrunePlan> {
         let mut report = PruneReport::default();
         self.sweep(&mut report)?;
         let roots = self.known_roots()?;
@@ -211,6 +229,106 @@ impl Engine {
             .map(|(q, _)| *q)
             .filter(|q| !keep.contains(q))
             .collect();
+        Ok(PrunePlan { refs, report })
+    }
+
+    /// Keeps snapshot `seq` too (one published during this prune), with everything it
+    /// references.
+    pub fn prune_keep_also(&self, plan: &mut PrunePlan, seq: u64) -> FsResult<()> {
+        let signed = self
+            .root_record(seq)?
+            .ok_or_else(|| FsError::Corrupt(format!("snapshot {seq} is not recorded locally")))?;
+        let r = RootRecord::verify(&signed, &self.user_id())
+            .map_err(|e| FsError::Corrupt(e.to_string()))?;
+        self.snapshot_chunks(&r, &mut plan.refs)?;
+        if !plan.report.snapshots_kept.contains(&seq) {
+            plan.report.snapshots_kept.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Compaction: the referenced chunks of blocks whose referenced bytes are under
+    /// `threshold` (a fraction) of the block are copied into new blocks and the chunk index
+    /// points at the copies, so the old blocks become unreferenced. Returns the bytes moved.
+    ///
+    /// Old snapshots keep naming the old locations in their own chunk index: before the old
+    /// blocks go, the caller publishes a new snapshot (whose index has the new locations) and
+    /// restores of older snapshots take chunk locations from the newest one.
+    pub fn prune_compact(&self, plan: &mut PrunePlan, threshold: f64) -> FsResult<u64> {
+        // Live chunks too: they are what the next snapshot references.
+        for item in self
+            .db
+            .iterator_cf(&self.cf(cf::EXTENTS), rocksdb::IteratorMode::Start)
+        {
+            let (_, v) = item?;
+            if let Src::Chunk { id, .. } = db::decode::<Extent>(cf::EXTENTS, &v)?.src {
+                plan.refs.insert(id);
+            }
+        }
+        let mut live: HashMap<u64, Vec<(ChunkId, ChunkLoc)>> = HashMap::new();
+        for item in self
+            .db
+            .iterator_cf(&self.cf(cf::CHUNKS), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let id = ChunkId(
+                <[u8; 32]>::try_from(&*k)
+                    .map_err(|_| FsError::Corrupt("bad chunk index key".into()))?,
+            );
+            if plan.refs.contains(&id) {
+                let loc: ChunkLoc = db::decode(cf::CHUNKS, &v)?;
+                live.entry(loc.block).or_default().push((id, loc));
+            }
+        }
+        let mut moved = 0u64;
+        for (no, rec) in self.all_blocks()? {
+            let settled = matches!(rec.state, BlockState::Healthy | BlockState::Degraded);
+            let Some(chunks) = live.get(&no) else {
+                continue;
+            };
+            let used: u64 = chunks.iter().map(|(_, l)| l.len as u64).sum();
+            if !settled || used as f64 >= threshold * rec.len as f64 {
+                continue;
+            }
+            for (id, loc) in chunks {
+                let sealed = self.block_slice(no, loc.off as usize, loc.len as usize)?;
+                let mut st = lock(&self.state);
+                // Still where we found it (a concurrent prune or write did not move it)?
+                let now: Option<ChunkLoc> = self
+                    .db
+                    .get_cf(&self.cf(cf::CHUNKS), id.0)?
+                    .map(|v| db::decode(cf::CHUNKS, &v))
+                    .transpose()?;
+                if now != Some(*loc) {
+                    continue;
+                }
+                let mut b = WriteBatch::default();
+                self.append_open(&mut st, &mut b, id, &sealed)?;
+                self.db.write(b)?;
+                moved += loc.len as u64;
+            }
+            plan.report.blocks_compacted += 1;
+        }
+        if moved > 0 {
+            let mut st = lock(&self.state);
+            self.seal_open_locked(&mut st)?;
+        }
+        plan.report.bytes_compacted = moved;
+        info!(
+            blocks = plan.report.blocks_compacted,
+            bytes = moved,
+            "prune: live chunks of sparse blocks copied"
+        );
+        Ok(moved)
+    }
+
+    /// Last step of a prune: marks every block no kept snapshot or live file references, under
+    /// the state lock, then deletes them from their suppliers and forgets dropped snapshots.
+    pub fn prune_finish(&self, plan: PrunePlan) -> FsResult<PruneReport> {
+        let PrunePlan {
+            mut refs,
+            mut report,
+        } = plan;
         // Mark, under the state lock: no write can reference a chunk meanwhile.
         let dead: Vec<u64> = {
             let st = lock(&self.state);

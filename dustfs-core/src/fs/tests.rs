@@ -950,3 +950,86 @@ fn prune_frees_what_no_kept_snapshot_references_and_survives_a_crash_halfway() {
     assert!(v == keep);
     assert!(e.lookup(ROOT, OsStr::new("big")).is_err());
 }
+
+impl T {
+    /// A prune as the mount runs it: plan, compaction, a new snapshot naming the moved chunks,
+    /// then marking and deleting.
+    fn prune_full(&self, policy: &Retention) -> PruneReport {
+        let mut plan = self.fs.prune_plan(policy).unwrap();
+        if self.fs.prune_compact(&mut plan, 0.5).unwrap() > 0 {
+            let s = self.publish();
+            self.fs.prune_keep_also(&mut plan, s.seq).unwrap();
+        }
+        self.fs.prune_finish(plan).unwrap()
+    }
+
+    fn restore_seq(&self, seq: u64) -> Arc<Engine> {
+        let dir = self._dir.path().join(format!("restore-{seq}"));
+        let store: Arc<dyn ShardStore> = self.store.clone();
+        let e = Engine::open(
+            &dir,
+            self.keys.clone(),
+            EngineConfig::default(),
+            store.clone(),
+        )
+        .unwrap();
+        e.restore_from_network(Some(seq), Vec::new(), |_, _| {})
+            .unwrap();
+        drop(e);
+        Engine::open(&dir, self.keys.clone(), EngineConfig::default(), store).unwrap()
+    }
+}
+
+fn read_named(e: &Engine, name: &str) -> Vec<u8> {
+    let i = e.lookup(ROOT, OsStr::new(name)).unwrap();
+    let mut v = Vec::new();
+    while (v.len() as u64) < i.size {
+        v.extend(e.read(i.ino, v.len() as u64, 1 << 20).unwrap());
+    }
+    v
+}
+
+#[test]
+fn compaction_moves_live_chunks_out_of_mostly_dead_blocks_and_old_snapshots_still_read() {
+    let t = setup(8, usize::MAX);
+    let x = random(200 << 10, 41);
+    t.file("x", &x);
+    for j in 0..40 {
+        t.file(&format!("junk{j}"), &random(200 << 10, 100 + j));
+    }
+    // The junk is deleted before any snapshot: "x" shares its block with dead chunks only.
+    for j in 0..40 {
+        t.fs.unlink(ROOT, OsStr::new(&format!("junk{j}"))).unwrap();
+    }
+    let s1 = t.publish();
+    let z = random(1 << 20, 42);
+    t.file("z", &z);
+    t.publish();
+    let before = total_used(&t.store, 8);
+    let keep3 = Retention {
+        keep_last: 3,
+        keep_daily: 0,
+        keep_weekly: 0,
+    };
+    let r = t.prune_full(&keep3);
+    assert!(
+        r.blocks_compacted >= 1 && r.bytes_compacted >= 200 << 10,
+        "{r:?}"
+    );
+    assert!(r.blocks_deleted >= 2, "{r:?}");
+    let after = total_used(&t.store, 8);
+    assert!(after < before / 2, "before {before}, after {after}: {r:?}");
+    t.fs.cache_drop().unwrap();
+    assert_eq!(read_named(&t.fs, "x"), x);
+    // The oldest kept snapshot names x's old block in its own index: restoring it takes the
+    // locations from the newest snapshot.
+    let old = t.restore_seq(s1.seq);
+    assert_eq!(read_named(&old, "x"), x);
+    assert!(old.lookup(ROOT, OsStr::new("z")).is_err());
+    let newest = t
+        .restore_elsewhere(&t._dir.path().join("newest"))
+        .unwrap()
+        .0;
+    assert_eq!(read_named(&newest, "x"), x);
+    assert_eq!(read_named(&newest, "z"), z);
+}
