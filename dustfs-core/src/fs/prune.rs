@@ -11,8 +11,9 @@
 //! lock, after a last scan of the live extents, so a write deduplicating against a chunk of a
 //! block being marked cannot slip in between.
 //!
-//! Not done yet: compacting blocks that are mostly dead (rewriting their live chunks into new
-//! blocks). A block with any live chunk is kept whole.
+//! Compaction ([`Engine::prune_compact`]): blocks whose referenced chunks fill less than a
+//! threshold of them get those chunks copied into new blocks; the caller publishes a snapshot
+//! naming the copies before [`Engine::prune_finish`] deletes the old blocks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
