@@ -356,7 +356,8 @@ fn prune_frees_the_space_of_deleted_data_and_a_prune_killed_halfway_reruns_clean
     let full = net.stored_bytes();
     std::fs::remove_file(c.mnt.join("big.bin")).expect("rm");
     c.sync();
-    // A prune, and the mount process SIGKILLed while it runs.
+    // A prune, and the mount process SIGKILLed as soon as it has marked blocks for deletion
+    // (while it sends the deletes).
     let prune = c
         .cmd()
         .arg("prune")
@@ -364,7 +365,15 @@ fn prune_frees_the_space_of_deleted_data_and_a_prune_killed_halfway_reruns_clean
         .stderr(Stdio::null())
         .spawn();
     let mut prune = prune.expect("prune");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = Instant::now();
+    while !c.log().contains("prune: blocks marked for deletion") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the prune never marked anything:\n{}",
+            c.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     let pid = c.mount_pid().expect("pid");
     ok(Command::new("kill").arg("-KILL").arg(pid.to_string()));
     wait_gone(pid, std::time::Duration::from_secs(20));
@@ -373,6 +382,7 @@ fn prune_frees_the_space_of_deleted_data_and_a_prune_killed_halfway_reruns_clean
     c.mount();
     let out = ok(c.cmd().args(["prune", "--json"]));
     let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    eprintln!("prune after the restart: {report}");
     assert_eq!(report["blocks_pending"], 0, "{report}");
     let after = net.stored_bytes();
     eprintln!(

@@ -225,7 +225,9 @@ fn wait_drained(engine: &Engine, limit: Duration) -> Result<()> {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("{shards} shards still wait for upload; prune stopped before deleting anything");
+            anyhow::bail!(
+                "{shards} shards still wait for upload; prune stopped before deleting anything"
+            );
         }
         engine.wait_progress(Duration::from_millis(250));
     }

@@ -54,6 +54,9 @@ pub(super) struct Suppliers {
     /// memory only: the durable part of the queue is the block's `degraded` state, and after a
     /// restart an immediate retry is harmless.
     pub(super) backoff: HashMap<u64, (u32, u64)>,
+    /// The bandwidth limiter: no repair fetch starts before this instant (it moves forward by
+    /// each fetched block's length over the rate, across passes).
+    pub(super) repair_not_before: Option<std::time::Instant>,
 }
 
 /// How much repair may do in one pass.
@@ -352,15 +355,13 @@ impl Engine {
                 .collect()
         };
         degraded.sort_unstable();
-        let started = std::time::Instant::now();
-        let mut fetched: u64 = 0;
         let mut queued = 0;
         for (_, no) in degraded.into_iter().take(budget.max_blocks) {
             if budget.bytes_per_sec > 0 {
-                let due = std::time::Duration::from_secs_f64(
-                    fetched as f64 / budget.bytes_per_sec as f64,
-                );
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                let not_before = lock(&self.suppliers).repair_not_before;
+                if let Some(wait) =
+                    not_before.and_then(|t| t.checked_duration_since(std::time::Instant::now()))
+                {
                     std::thread::sleep(wait);
                 }
             }
@@ -380,11 +381,19 @@ impl Engine {
                     continue;
                 }
             };
-            fetched += block.len() as u64;
             {
                 let mut sup = lock(&self.suppliers);
                 sup.backoff.remove(&no);
                 sup.bytes_rebuilt += block.len() as u64;
+                if budget.bytes_per_sec > 0 {
+                    let now = std::time::Instant::now();
+                    let from = sup.repair_not_before.map_or(now, |t| t.max(now));
+                    sup.repair_not_before = Some(
+                        from + std::time::Duration::from_secs_f64(
+                            block.len() as f64 / budget.bytes_per_sec as f64,
+                        ),
+                    );
+                }
             }
             let _up = lock(&self.up);
             let Some(mut rec) = self.block_record(no)? else {

@@ -1033,3 +1033,42 @@ fn compaction_moves_live_chunks_out_of_mostly_dead_blocks_and_old_snapshots_stil
     assert_eq!(read_named(&newest, "x"), x);
     assert_eq!(read_named(&newest, "z"), z);
 }
+
+#[test]
+fn the_repair_bandwidth_limit_holds_across_passes() {
+    use crate::fsm::supplier::SupplierConfig;
+    let t = setup(8, usize::MAX);
+    t.file("a", &random(12 << 20, 51));
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    let cfg = SupplierConfig {
+        suspect_after: 1,
+        grace_ms: 0,
+    };
+    t.store.set_offline("s1", true);
+    for now in [0, 1] {
+        t.fs.liveness_round(now, &cfg).unwrap();
+    }
+    let degraded = t.fs.status().unwrap().blocks["degraded"];
+    assert!(degraded >= 2);
+    // One block per pass at 8 MiB/s: passes must wait for each other (a limiter that reset
+    // with every pass would let them all through at once).
+    let budget = RepairBudget {
+        max_blocks: 1,
+        bytes_per_sec: 8 << 20,
+    };
+    let start = std::time::Instant::now();
+    let mut rebuilt = 0;
+    while t.fs.repair_round(10, budget).unwrap() > 0 {
+        rebuilt += 1;
+    }
+    assert_eq!(rebuilt, degraded);
+    let bytes = t.fs.repair_status().unwrap().bytes_rebuilt;
+    // All but the last block's share of the limit must have been waited out.
+    let floor = (bytes as f64 / (8 << 20) as f64) * (degraded - 1) as f64 / degraded as f64;
+    assert!(
+        start.elapsed().as_secs_f64() >= floor * 0.9,
+        "{bytes} bytes in {:?}",
+        start.elapsed()
+    );
+}
