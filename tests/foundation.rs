@@ -156,24 +156,13 @@ fn a_supplier_over_quota_is_passed_over_for_another() {
     let net = Testnet::up(&root, 6);
     // A seventh supplier that grants each customer only 1 MiB.
     let small = root.join("small-node");
-    ok(dustfs()
-        .arg("--home")
-        .arg(&small)
-        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
-        .arg(net.bootstrap()));
+    net.init_home(&small);
     let cfg = small.join("config.toml");
     let text = std::fs::read_to_string(&cfg)
         .expect("config")
         .replace("quota_mb = 10240", "quota_mb = 1");
     std::fs::write(&cfg, text).expect("write");
-    let _node = KillOnDrop(
-        dustfs()
-            .arg("--home")
-            .arg(&small)
-            .arg("serve")
-            .spawn()
-            .expect("serve"),
-    );
+    let _node = net.serve(&small, &[]);
     let (c, _) = Customer::init(&root, &net);
     c.mount();
     // The six testnet suppliers and the small one.

@@ -142,20 +142,8 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
 /// Starts an extra supplier that misbehaves (`dustfs serve --fault KIND`).
 fn faulty_supplier(root: &std::path::Path, net: &Testnet, name: &str, fault: &str) -> KillOnDrop {
     let home = root.join(name);
-    ok(dustfs()
-        .arg("--home")
-        .arg(&home)
-        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
-        .arg(net.bootstrap()));
-    KillOnDrop(
-        dustfs()
-            .arg("--home")
-            .arg(&home)
-            .args(["serve", "--fault", fault])
-            .stderr(std::fs::File::create(root.join(format!("{name}.log"))).expect("log"))
-            .spawn()
-            .expect("serve"),
-    )
+    net.init_home(&home);
+    net.serve(&home, &["--fault", fault])
 }
 
 #[test]

@@ -158,13 +158,7 @@ fn a_wrong_paper_key_is_refused_and_a_key_without_data_says_so() {
     let err = restore_fails(&home, &net, "not a paper key at all");
     assert!(err.contains("not a valid paper key"), "{err}");
     // A valid key of another identity that never stored anything.
-    let other = root.join("other");
-    let out = ok(dustfs()
-        .arg("--home")
-        .arg(&other)
-        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
-        .arg(net.bootstrap()));
-    let other_paper = out.lines().last().expect("paper").to_string();
+    let other_paper = net.init_home(&root.join("other"));
     let err = restore_fails(&root.join("empty-home"), &net, &other_paper);
     assert!(err.contains("no snapshot of this identity"), "{err}");
     // Restoring into a home that already holds an identity is refused, and that home is kept.
@@ -181,20 +175,8 @@ fn a_supplier_serving_a_forged_or_stale_root_record_does_not_fool_the_restore() 
     // A seventh supplier that hides newer root records: it answers with its oldest genuine
     // one and a forgery claiming a higher sequence number.
     let liar_home = root.join("liar");
-    ok(dustfs()
-        .arg("--home")
-        .arg(&liar_home)
-        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
-        .arg(net.bootstrap()));
-    let _liar = KillOnDrop(
-        dustfs()
-            .arg("--home")
-            .arg(&liar_home)
-            .args(["serve", "--fault", "stale-roots"])
-            .stderr(std::fs::File::create(root.join("liar.log")).expect("log"))
-            .spawn()
-            .expect("serve"),
-    );
+    net.init_home(&liar_home);
+    let _liar = net.serve(&liar_home, &["--fault", "stale-roots"]);
     let (c, paper) = Customer::init(&root, &net);
     c.mount();
     c.wait_suppliers(7);

@@ -270,13 +270,7 @@ pub fn run_mount(
                 // A snapshot mount is a second, read-only client of the same identity: its own
                 // throwaway network key (no supplier role, so no second peer with the home's
                 // id) and its own database, restored from that snapshot's root record.
-                let node = rt.block_on(start_node_as(
-                    home,
-                    &cfg,
-                    dustfs_net::Keypair::generate_ed25519(),
-                    None,
-                ))?;
-                rt.block_on(wait_for_suppliers(&node, Duration::from_secs(30)));
+                let node = rt.block_on(start_client(home, &cfg))?;
                 let store = Arc::new(NetStore::new(node.clone(), key, rt.handle().clone()));
                 let engine = open_snapshot(home, &cfg, store, seq)?;
                 (node, engine, None)
@@ -695,15 +689,7 @@ pub fn snapshots(home: &Home) -> Result<Vec<dustfs_core::fs::SnapshotInfo>> {
     let cfg = home.config()?;
     let keys = home.user_secret()?.derive();
     let rt = runtime()?;
-    let node = rt.block_on(start_node_as(
-        home,
-        &cfg,
-        dustfs_net::Keypair::generate_ed25519(),
-        None,
-    ))?;
-    if rt.block_on(wait_for_suppliers(&node, Duration::from_secs(30))) == 0 {
-        bail!("no suppliers found through the bootstrap peers within 30 s");
-    }
+    let node = rt.block_on(start_client(home, &cfg))?;
     let store = NetStore::new(node.clone(), keys.signing.clone(), rt.handle().clone());
     let list = dustfs_core::fs::list_snapshots(&store, &keys)?;
     drop(store);
@@ -826,4 +812,15 @@ pub async fn publish_in_dht(node: &Node, engine: &Engine, seq: u64) {
         Ok(Err(e)) => warn!(seq, error = %e, "root record not published in the DHT"),
         Err(_) => warn!(seq, "publishing the root record in the DHT timed out"),
     }
+}
+
+/// A short-lived client of this identity (a snapshot mount, `dustfs snapshots`): a throwaway
+/// network key, so it is never a second peer with the home's own id, no supplier role; waits
+/// until suppliers are found.
+async fn start_client(home: &Home, cfg: &Config) -> Result<Node> {
+    let node = start_node_as(home, cfg, dustfs_net::Keypair::generate_ed25519(), None).await?;
+    if wait_for_suppliers(&node, Duration::from_secs(30)).await == 0 {
+        bail!("no suppliers found through the bootstrap peers within 30 s");
+    }
+    Ok(node)
 }

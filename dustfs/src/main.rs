@@ -157,6 +157,9 @@ enum TestnetCmd {
         /// Quota each node grants each customer, in MiB.
         #[arg(long)]
         quota_mb: Option<u64>,
+        /// IPv4 address the nodes listen on (e.g. inside a network namespace).
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: std::net::Ipv4Addr,
     },
     /// Stop the nodes.
     Down {
@@ -337,8 +340,9 @@ fn run(cli: Cli) -> Result<()> {
                     dir,
                     nodes,
                     quota_mb,
+                    ip,
                 },
-        } => testnet::up(&dir, nodes, quota_mb),
+        } => testnet::up(&dir, nodes, quota_mb, ip),
         Cmd::Testnet {
             cmd: TestnetCmd::Down { dir },
         } => testnet::down(&dir),
@@ -598,12 +602,12 @@ fn quickstart(dir: &Path) -> Result<()> {
         dir: dir.join("home"),
     };
     let mnt = dir.join("mnt");
-    testnet::up(&net, 6, None)?;
+    testnet::up(&net, 6, None, std::net::Ipv4Addr::LOCALHOST)?;
     if !home.initialized() {
         init(
             &home,
             vec![net.join("bootstrap").to_string_lossy().into_owned()],
-            testnet::loopback_listen(),
+            testnet::listen_on(std::net::Ipv4Addr::LOCALHOST),
         )?;
     } else {
         println!("using the existing identity in {}", home.dir.display());

@@ -1,4 +1,4 @@
-//! `dustfs testnet`: a local network of supplier nodes on 127.0.0.1, one process each, for
+//! `dustfs testnet`: a local network of supplier nodes (on 127.0.0.1 by default), one process each, for
 //! trying dustfs out and for the end-to-end tests.
 
 use std::os::unix::process::CommandExt;
@@ -12,11 +12,11 @@ use dustfs_core::keys::MasterSecret;
 use crate::config::Config;
 use crate::home::Home;
 
-/// Listen addresses of local test nodes: loopback only, ephemeral ports, both transports.
-pub fn loopback_listen() -> Vec<String> {
+/// Listen addresses of local test nodes: one address, ephemeral ports, both transports.
+pub fn listen_on(ip: std::net::Ipv4Addr) -> Vec<String> {
     vec![
-        "/ip4/127.0.0.1/tcp/0".into(),
-        "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+        format!("/ip4/{ip}/tcp/0"),
+        format!("/ip4/{ip}/udp/0/quic-v1"),
     ]
 }
 
@@ -49,7 +49,7 @@ fn wait_for_file(p: &Path, timeout: Duration, pid: u32) -> Result<String> {
 }
 
 /// Starts `n` supplier nodes under `dir`; writes `dir/bootstrap` and `dir/node-I/pid`.
-pub fn up(dir: &Path, n: usize, quota_mb: Option<u64>) -> Result<()> {
+pub fn up(dir: &Path, n: usize, quota_mb: Option<u64>, ip: std::net::Ipv4Addr) -> Result<()> {
     if n == 0 {
         bail!("a testnet needs at least one node");
     }
@@ -72,7 +72,7 @@ pub fn up(dir: &Path, n: usize, quota_mb: Option<u64>) -> Result<()> {
         }
         if !home.initialized() {
             let mut cfg = Config {
-                listen: loopback_listen(),
+                listen: listen_on(ip),
                 ..Config::default()
             };
             if let Some(q) = quota_mb {

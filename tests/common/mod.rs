@@ -3,6 +3,8 @@
 //! them, and helpers to compare trees byte for byte.
 #![allow(dead_code, missing_docs)]
 
+pub mod nat;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -158,6 +160,32 @@ impl Testnet {
         let pid = self.pid(i);
         ok(Command::new("kill").arg("-KILL").arg(pid.to_string()));
         wait_gone(pid, Duration::from_secs(10));
+    }
+
+    /// Creates an identity in `home` that joins this testnet (loopback TCP); returns its
+    /// paper key.
+    pub fn init_home(&self, home: &Path) -> String {
+        let out = ok(dustfs()
+            .arg("--home")
+            .arg(home)
+            .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap"])
+            .arg(self.bootstrap()));
+        out.lines().last().unwrap_or_default().to_string()
+    }
+
+    /// Runs `dustfs serve EXTRA...` for an initialized `home` (log next to it); killed when
+    /// dropped.
+    pub fn serve(&self, home: &Path, extra: &[&str]) -> KillOnDrop {
+        KillOnDrop(
+            dustfs()
+                .arg("--home")
+                .arg(home)
+                .arg("serve")
+                .args(extra)
+                .stderr(std::fs::File::create(home.with_extension("log")).expect("log"))
+                .spawn()
+                .expect("serve"),
+        )
     }
 
     /// Bytes of shards kept by all suppliers.
