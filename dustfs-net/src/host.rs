@@ -15,7 +15,9 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, autonat, dcutr, identify, noise, relay, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -60,6 +62,41 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     rr: request_response::Behaviour<FrameCodec>,
+    /// Reachability probes: are we reachable from outside, or behind a NAT?
+    autonat: autonat::Behaviour,
+    /// Every node relays for private peers (useful only when it is itself public).
+    relay: relay::Behaviour,
+    /// Reservations on relays when this node is private, and relayed connections.
+    relay_client: relay::client::Behaviour,
+    /// Hole punching: upgrades a relayed connection to a direct one.
+    dcutr: dcutr::Behaviour,
+}
+
+/// Relay limits. libp2p's defaults (2 minutes, 128 KiB per circuit) are made for signalling
+/// only; dustfs moves shards through a relay when no direct path exists (symmetric NATs), so
+/// circuits may carry up to 1 GiB and last an hour, and a relay serves at most 64 circuits
+/// (8 per peer) and 128 reservations. Bytes through the relay are counted per peer
+/// (`relayed_bytes` in the status of the relayed side).
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: 128,
+        max_reservations_per_peer: 4,
+        max_circuits: 64,
+        max_circuits_per_peer: 8,
+        max_circuit_duration: Duration::from_secs(3600),
+        max_circuit_bytes: 1 << 30,
+        ..relay::Config::default()
+    }
+}
+
+/// How a connected peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerPath {
+    /// At least one direct connection (dialled, accepted or hole-punched).
+    Direct,
+    /// Only through a relay.
+    Relayed,
 }
 
 /// What a node is configured with.
@@ -100,6 +137,22 @@ struct Shared {
     known: HashSet<PeerId>,
     /// The connectivity state machine, fed with what the swarm observes.
     connectivity: dustfs_core::fsm::node::Node,
+    /// Open connections per peer: (direct, relayed).
+    paths: HashMap<PeerId, (usize, usize)>,
+    /// Peers with which a hole punch succeeded, and how long after the first connection.
+    punched: HashMap<PeerId, Duration>,
+    /// When each peer was first connected.
+    first_seen: HashMap<PeerId, std::time::Instant>,
+}
+
+impl Shared {
+    fn path(&self, p: &PeerId) -> Option<PeerPath> {
+        match self.paths.get(p) {
+            Some((d, _)) if *d > 0 => Some(PeerPath::Direct),
+            Some((_, r)) if *r > 0 => Some(PeerPath::Relayed),
+            _ => None,
+        }
+    }
 }
 
 /// The DHT key under which a user's root records are published.
@@ -135,6 +188,11 @@ pub struct NetStatus {
     pub suppliers: Vec<String>,
     /// The connectivity machine's state (`dustfs fsm node`).
     pub connectivity: &'static str,
+    /// How each connected peer is reached.
+    pub peer_paths: std::collections::BTreeMap<String, PeerPath>,
+    /// Peers reached directly after a hole punch, with the time it took from the first
+    /// (relayed) connection, in ms.
+    pub hole_punched_ms: std::collections::BTreeMap<String, u64>,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -157,7 +215,9 @@ impl Node {
                 c.handshake_timeout = Duration::from_secs(3);
                 c
             })
-            .with_behaviour(|key| {
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_behaviour(|key, relay_client| {
                 let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
                 kcfg.set_query_timeout(Duration::from_secs(20));
                 let mut kad = kad::Behaviour::with_config(
@@ -170,10 +230,11 @@ impl Node {
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
                     kad,
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        "/dustfs/id/1".into(),
-                        key.public(),
-                    )),
+                    // Peers hear of new listen addresses (relay circuits) at once.
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/dustfs/id/1".into(), key.public())
+                            .with_push_listen_addr_updates(true),
+                    ),
                     rr: request_response::Behaviour::with_codec(
                         FrameCodec,
                         [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
@@ -181,6 +242,22 @@ impl Node {
                             .with_request_timeout(REQUEST_TIMEOUT)
                             .with_max_concurrent_streams(64),
                     ),
+                    autonat: autonat::Behaviour::new(
+                        peer_id,
+                        autonat::Config {
+                            // Quick first verdicts; private test networks are not global.
+                            boot_delay: Duration::from_secs(1),
+                            retry_interval: Duration::from_secs(5),
+                            refresh_interval: Duration::from_secs(60),
+                            throttle_server_period: Duration::from_secs(1),
+                            confidence_max: 1,
+                            only_global_ips: false,
+                            ..autonat::Config::default()
+                        },
+                    ),
+                    relay: relay::Behaviour::new(peer_id, relay_config()),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(peer_id),
                 }
             })
             .map_err(|e| NetError::Transport(e.to_string()))?
@@ -207,6 +284,8 @@ impl Node {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let task = Task {
             swarm,
+            relays: cfg.bootstrap.clone(),
+            reserved: false,
             supplier: cfg.supplier,
             pending: HashMap::new(),
             puts: HashMap::new(),
@@ -259,14 +338,18 @@ impl Node {
     }
 
     /// Suppliers found in the DHT (not this node).
+    ///
+    /// Best first: peers reached only through a relay come last, so bulk data goes to them
+    /// only when there is no better choice.
     pub fn suppliers(&self) -> Vec<PeerId> {
-        let mut v: Vec<PeerId> = lock(&self.shared)
+        let s = lock(&self.shared);
+        let mut v: Vec<PeerId> = s
             .suppliers
             .iter()
             .copied()
             .filter(|p| *p != self.peer_id)
             .collect();
-        v.sort();
+        v.sort_by_key(|p| (s.path(p) == Some(PeerPath::Relayed), *p));
         v
     }
 
@@ -298,6 +381,16 @@ impl Node {
             known: s.known.len(),
             suppliers,
             connectivity: s.connectivity.state().name(),
+            peer_paths: s
+                .paths
+                .keys()
+                .filter_map(|p| s.path(p).map(|x| (p.to_string(), x)))
+                .collect(),
+            hole_punched_ms: s
+                .punched
+                .iter()
+                .map(|(p, d)| (p.to_string(), d.as_millis() as u64))
+                .collect(),
         }
     }
 }
@@ -310,6 +403,10 @@ type Answer = (ResponseChannel<Vec<u8>>, Vec<u8>);
 
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
+    /// Where to ask for relay reservations when this node turns out to be private: the
+    /// bootstrap peers.
+    relays: Vec<Multiaddr>,
+    reserved: bool,
     supplier: Option<Arc<ShardDir>>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
@@ -386,9 +483,21 @@ impl Task {
                 s.listen.push(address);
                 s.connectivity.handle(NodeEvent::Listening);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let relayed = endpoint.is_relayed();
                 let mut s = lock(&self.shared);
                 s.connected.insert(peer_id);
+                s.first_seen
+                    .entry(peer_id)
+                    .or_insert_with(std::time::Instant::now);
+                let e = s.paths.entry(peer_id).or_default();
+                if relayed {
+                    e.1 += 1;
+                } else {
+                    e.0 += 1;
+                }
                 let before = s.connectivity.state();
                 let now = s.connectivity.handle(NodeEvent::PeerConnected);
                 if now != before {
@@ -397,10 +506,22 @@ impl Task {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                endpoint,
+                num_established,
                 ..
             } => {
                 let mut s = lock(&self.shared);
+                if let Some(e) = s.paths.get_mut(&peer_id) {
+                    if endpoint.is_relayed() {
+                        e.1 = e.1.saturating_sub(1);
+                    } else {
+                        e.0 = e.0.saturating_sub(1);
+                    }
+                }
+                if num_established > 0 {
+                    return;
+                }
+                s.paths.remove(&peer_id);
                 s.connected.remove(&peer_id);
                 if s.connected.is_empty() {
                     let now = s.connectivity.handle(NodeEvent::AllPeersLost);
@@ -466,8 +587,63 @@ impl Task {
             })) => {
                 lock(&self.shared).known.insert(peer);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let ev = match new {
+                    autonat::NatStatus::Public(_) => NodeEvent::ReachablePublic,
+                    autonat::NatStatus::Private => NodeEvent::ReachablePrivate,
+                    autonat::NatStatus::Unknown => return,
+                };
+                let state = lock(&self.shared).connectivity.handle(ev);
+                info!(?new, state = state.name(), "reachability");
+                if ev == NodeEvent::ReachablePrivate {
+                    self.reserve_relays();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                info!(relay = %relay_peer_id, "relay reservation accepted: reachable through it");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    let mut s = lock(&self.shared);
+                    let took = s
+                        .first_seen
+                        .get(&remote_peer_id)
+                        .map(|t| t.elapsed())
+                        .unwrap_or_default();
+                    s.punched.insert(remote_peer_id, took);
+                    s.connectivity.handle(NodeEvent::HolePunched);
+                    info!(peer = %remote_peer_id, ?took, "hole punched: direct connection");
+                }
+                Err(e) => {
+                    warn!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
             _ => {}
+        }
+    }
+
+    /// Behind a NAT: listen through the bootstrap peers as relays, so others can reach this
+    /// node (relayed at first, then directly if a hole punch succeeds).
+    fn reserve_relays(&mut self) {
+        if self.reserved {
+            return;
+        }
+        self.reserved = true;
+        for a in self.relays.clone() {
+            let circuit = a.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit) {
+                Ok(_) => info!(relay = %a, "asking for a relay reservation"),
+                Err(e) => warn!(relay = %a, error = %e, "cannot listen through relay"),
+            }
         }
     }
 

@@ -117,6 +117,8 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "listen": n.listen,
         "peers": { "connected": n.connected, "known": n.known },
         "connectivity": n.connectivity,
+        "peer_paths": n.peer_paths,
+        "hole_punched_ms": n.hole_punched_ms,
         "suppliers": n.suppliers,
         "upload_queue": { "shards": e.queued_shards, "bytes": e.queued_bytes },
         "blocks": e.blocks,

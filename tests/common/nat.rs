@@ -249,3 +249,61 @@ pub fn mount_on(host: &Host, c: &super::Customer) {
             .arg(&c.mnt),
     );
 }
+
+/// A supplier node (init + serve) inside `host`, joined to `net`; killed when dropped.
+pub fn supplier_on(
+    host: &Host,
+    root: &std::path::Path,
+    name: &str,
+    net: &super::Testnet,
+) -> super::KillOnDrop {
+    let home = root.join(name);
+    super::ok(
+        host.cmd(super::BIN)
+            .arg("--home")
+            .arg(&home)
+            .args([
+                "init",
+                "--listen",
+                "/ip4/0.0.0.0/tcp/0",
+                "--listen",
+                "/ip4/0.0.0.0/udp/0/quic-v1",
+                "--bootstrap",
+            ])
+            .arg(net.bootstrap()),
+    );
+    super::KillOnDrop(
+        host.cmd(super::BIN)
+            .arg("--home")
+            .arg(&home)
+            .arg("serve")
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stderr(std::fs::File::create(home.with_extension("log")).expect("log"))
+            .spawn()
+            .expect("serve"),
+    )
+}
+
+/// Peer id of a home (from its `addrs` file).
+pub fn peer_of(home: &std::path::Path) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(p) = std::fs::read_to_string(home.join("addrs"))
+            .ok()
+            .and_then(|a| {
+                a.lines()
+                    .next()
+                    .and_then(|l| l.rsplit("/p2p/").next())
+                    .map(str::to_string)
+            })
+        {
+            return p;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{} never listened",
+            home.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
