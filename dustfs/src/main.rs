@@ -160,6 +160,9 @@ enum TestnetCmd {
         /// IPv4 address the nodes listen on (e.g. inside a network namespace).
         #[arg(long, default_value = "127.0.0.1")]
         ip: std::net::Ipv4Addr,
+        /// Transports the nodes listen on: both, tcp or quic.
+        #[arg(long, default_value = "both")]
+        transport: testnet::Transports,
     },
     /// Stop the nodes.
     Down {
@@ -341,8 +344,9 @@ fn run(cli: Cli) -> Result<()> {
                     nodes,
                     quota_mb,
                     ip,
+                    transport,
                 },
-        } => testnet::up(&dir, nodes, quota_mb, ip),
+        } => testnet::up(&dir, nodes, quota_mb, ip, transport),
         Cmd::Testnet {
             cmd: TestnetCmd::Down { dir },
         } => testnet::down(&dir),
@@ -602,12 +606,18 @@ fn quickstart(dir: &Path) -> Result<()> {
         dir: dir.join("home"),
     };
     let mnt = dir.join("mnt");
-    testnet::up(&net, 6, None, std::net::Ipv4Addr::LOCALHOST)?;
+    testnet::up(
+        &net,
+        6,
+        None,
+        std::net::Ipv4Addr::LOCALHOST,
+        testnet::Transports::Both,
+    )?;
     if !home.initialized() {
         init(
             &home,
             vec![net.join("bootstrap").to_string_lossy().into_owned()],
-            testnet::listen_on(std::net::Ipv4Addr::LOCALHOST),
+            testnet::listen_on(std::net::Ipv4Addr::LOCALHOST, testnet::Transports::Both),
         )?;
     } else {
         println!("using the existing identity in {}", home.dir.display());

@@ -12,12 +12,27 @@ use dustfs_core::keys::MasterSecret;
 use crate::config::Config;
 use crate::home::Home;
 
-/// Listen addresses of local test nodes: one address, ephemeral ports, both transports.
-pub fn listen_on(ip: std::net::Ipv4Addr) -> Vec<String> {
-    vec![
-        format!("/ip4/{ip}/tcp/0"),
-        format!("/ip4/{ip}/udp/0/quic-v1"),
-    ]
+/// Which transports testnet nodes listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transports {
+    /// TCP and QUIC.
+    Both,
+    /// TCP only.
+    Tcp,
+    /// QUIC only.
+    Quic,
+}
+
+/// Listen addresses of local test nodes: one address, ephemeral ports.
+pub fn listen_on(ip: std::net::Ipv4Addr, t: Transports) -> Vec<String> {
+    let mut v = Vec::new();
+    if t != Transports::Quic {
+        v.push(format!("/ip4/{ip}/tcp/0"));
+    }
+    if t != Transports::Tcp {
+        v.push(format!("/ip4/{ip}/udp/0/quic-v1"));
+    }
+    v
 }
 
 fn node_dir(dir: &Path, i: usize) -> PathBuf {
@@ -49,7 +64,13 @@ fn wait_for_file(p: &Path, timeout: Duration, pid: u32) -> Result<String> {
 }
 
 /// Starts `n` supplier nodes under `dir`; writes `dir/bootstrap` and `dir/node-I/pid`.
-pub fn up(dir: &Path, n: usize, quota_mb: Option<u64>, ip: std::net::Ipv4Addr) -> Result<()> {
+pub fn up(
+    dir: &Path,
+    n: usize,
+    quota_mb: Option<u64>,
+    ip: std::net::Ipv4Addr,
+    transports: Transports,
+) -> Result<()> {
     if n == 0 {
         bail!("a testnet needs at least one node");
     }
@@ -72,7 +93,7 @@ pub fn up(dir: &Path, n: usize, quota_mb: Option<u64>, ip: std::net::Ipv4Addr) -
         }
         if !home.initialized() {
             let mut cfg = Config {
-                listen: listen_on(ip),
+                listen: listen_on(ip, transports),
                 ..Config::default()
             };
             if let Some(q) = quota_mb {

@@ -194,7 +194,12 @@ impl Drop for Topology {
 }
 
 /// A testnet whose nodes run inside `host` and listen on its address.
-pub fn testnet_on(host: &Host, root: &std::path::Path, nodes: usize) -> super::Testnet {
+pub fn testnet_on(
+    host: &Host,
+    root: &std::path::Path,
+    nodes: usize,
+    t: Transport,
+) -> super::Testnet {
     let dir = root.join("net");
     super::ok(
         host.cmd(super::BIN)
@@ -205,11 +210,58 @@ pub fn testnet_on(host: &Host, root: &std::path::Path, nodes: usize) -> super::T
                 &nodes.to_string(),
                 "--ip",
                 &host.ip,
-                "--dir",
             ])
+            .args(["--transport", t.name(), "--dir"])
             .arg(&dir),
     );
     super::Testnet { dir, nodes }
+}
+
+/// Which transports the nodes of a test use (everyone listens on the same ones, so every
+/// address in the network is of those kinds and every connection uses them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP and QUIC.
+    Both,
+    /// TCP only.
+    Tcp,
+    /// QUIC only.
+    Quic,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Both => "both",
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// `--listen` arguments on all addresses of a host.
+    pub fn listen_args(self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self != Transport::Quic {
+            v.extend(["--listen", "/ip4/0.0.0.0/tcp/0"]);
+        }
+        if self != Transport::Tcp {
+            v.extend(["--listen", "/ip4/0.0.0.0/udp/0/quic-v1"]);
+        }
+        v
+    }
+}
+
+/// `dustfs init` of a home inside `host`, joined to `net`.
+fn init_on(host: &Host, home: &std::path::Path, net: &super::Testnet, t: Transport) {
+    super::ok(
+        host.cmd(super::BIN)
+            .arg("--home")
+            .arg(home)
+            .arg("init")
+            .args(t.listen_args())
+            .arg("--bootstrap")
+            .arg(net.bootstrap()),
+    );
 }
 
 /// A customer home inside `host` (listening on all its addresses), joined to `net`.
@@ -218,24 +270,12 @@ pub fn customer_on(
     root: &std::path::Path,
     name: &str,
     net: &super::Testnet,
+    t: Transport,
 ) -> super::Customer {
     let home = root.join(name);
     let mnt = root.join(format!("{name}-mnt"));
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    super::ok(
-        host.cmd(super::BIN)
-            .arg("--home")
-            .arg(&home)
-            .args([
-                "init",
-                "--listen",
-                "/ip4/0.0.0.0/tcp/0",
-                "--listen",
-                "/ip4/0.0.0.0/udp/0/quic-v1",
-                "--bootstrap",
-            ])
-            .arg(net.bootstrap()),
-    );
+    init_on(host, &home, net, t);
     super::Customer { home, mnt }
 }
 
@@ -256,22 +296,10 @@ pub fn supplier_on(
     root: &std::path::Path,
     name: &str,
     net: &super::Testnet,
+    t: Transport,
 ) -> super::KillOnDrop {
     let home = root.join(name);
-    super::ok(
-        host.cmd(super::BIN)
-            .arg("--home")
-            .arg(&home)
-            .args([
-                "init",
-                "--listen",
-                "/ip4/0.0.0.0/tcp/0",
-                "--listen",
-                "/ip4/0.0.0.0/udp/0/quic-v1",
-                "--bootstrap",
-            ])
-            .arg(net.bootstrap()),
-    );
+    init_on(host, &home, net, t);
     super::KillOnDrop(
         host.cmd(super::BIN)
             .arg("--home")
