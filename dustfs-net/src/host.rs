@@ -75,8 +75,7 @@ struct Behaviour {
 /// Relay limits. libp2p's defaults (2 minutes, 128 KiB per circuit) are made for signalling
 /// only; dustfs moves shards through a relay when no direct path exists (symmetric NATs), so
 /// circuits may carry up to 1 GiB and last an hour, and a relay serves at most 64 circuits
-/// (8 per peer) and 128 reservations. Bytes through the relay are counted per peer
-/// (`relayed_bytes` in the status of the relayed side).
+/// (8 per peer) and 128 reservations. (Per-peer accounting of relayed bytes is not built yet.)
 fn relay_config() -> relay::Config {
     relay::Config {
         max_reservations: 128,
