@@ -154,6 +154,19 @@ impl Shared {
     }
 }
 
+fn is_tcp(a: &Multiaddr) -> bool {
+    a.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+}
+
+fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 /// The DHT key under which a user's root records are published.
 pub fn root_key(user: &[u8; 32]) -> Vec<u8> {
     [b"/dustfs/root/".as_slice(), user].concat()
@@ -267,22 +280,26 @@ impl Node {
                 .listen_on(a.clone())
                 .map_err(|e| NetError::Transport(format!("{a}: {e}")))?;
         }
+        let mut to_dial = Vec::new();
         for a in &cfg.bootstrap {
             match a.iter().last() {
                 Some(libp2p::multiaddr::Protocol::P2p(p)) if p != peer_id => {
                     swarm.behaviour_mut().kad.add_address(&p, a.clone());
-                    if let Err(e) = swarm.dial(a.clone()) {
-                        warn!(addr = %a, error = %e, "cannot dial bootstrap peer");
-                    }
+                    to_dial.push(a.clone());
                 }
                 Some(libp2p::multiaddr::Protocol::P2p(_)) => {}
                 _ => warn!(addr = %a, "bootstrap address without /p2p/<peer id>; ignored"),
             }
         }
+        let wants_tcp = cfg.listen.iter().any(is_tcp);
+        let tcp_loopback_only = cfg.listen.iter().filter(|a| is_tcp(a)).all(is_loopback);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let task = Task {
             swarm,
+            to_dial,
+            wants_tcp,
+            tcp_loopback_only,
             relays: cfg.bootstrap.clone(),
             reserved: false,
             supplier: cfg.supplier,
@@ -402,6 +419,14 @@ type Answer = (ResponseChannel<Vec<u8>>, Vec<u8>);
 
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
+    /// Bootstrap peers, dialled once the TCP listener is up: TCP dials reuse the listening
+    /// port only after that, and the first connections are the ones that tell this node its
+    /// public address. Dialled from a random port, a NATed node learns a mapping that no hole
+    /// punch can use (found in the NAT suite: TCP punches failed, QUIC ones did not).
+    to_dial: Vec<Multiaddr>,
+    wants_tcp: bool,
+    /// Every TCP listen address is loopback (a local testnet): a loopback listener will do.
+    tcp_loopback_only: bool,
     /// Where to ask for relay reservations when this node turns out to be private: the
     /// bootstrap peers.
     relays: Vec<Multiaddr>,
@@ -421,6 +446,9 @@ impl Task {
         let mut discover = tokio::time::interval(Duration::from_secs(2));
         let mut provide = tokio::time::interval(Duration::from_secs(30));
         let mut bootstrap = tokio::time::interval(Duration::from_secs(60));
+        // If no TCP listener comes up, dial the bootstrap peers anyway.
+        let fallback = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(fallback);
         let mut ticks = 0u64;
         loop {
             tokio::select! {
@@ -467,6 +495,7 @@ impl Task {
                         lock(&self.shared).suppliers.insert(*self.swarm.local_peer_id());
                     }
                 }
+                () = &mut fallback, if !self.to_dial.is_empty() => self.dial_bootstrap(),
                 _ = bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
@@ -478,9 +507,16 @@ impl Task {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
-                let mut s = lock(&self.shared);
-                s.listen.push(address);
-                s.connectivity.handle(NodeEvent::Listening);
+                // The listener whose port outbound TCP connections will reuse.
+                let tcp = is_tcp(&address) && (self.tcp_loopback_only || !is_loopback(&address));
+                {
+                    let mut s = lock(&self.shared);
+                    s.listen.push(address);
+                    s.connectivity.handle(NodeEvent::Listening);
+                }
+                if tcp || !self.wants_tcp {
+                    self.dial_bootstrap();
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -627,6 +663,14 @@ impl Task {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
             _ => {}
+        }
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for a in std::mem::take(&mut self.to_dial) {
+            if let Err(e) = self.swarm.dial(a.clone()) {
+                warn!(addr = %a, error = %e, "cannot dial bootstrap peer");
+            }
         }
     }
 
