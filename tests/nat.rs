@@ -177,3 +177,86 @@ fn behind_symmetric_nats_data_flows_through_a_relay() {
     );
     c.umount();
 }
+
+/// One cell of the NAT matrix: a customer behind `a` reaching a supplier behind `b` over `t`.
+/// Returns whether the connection became direct (hole-punched); asserts it is up either way.
+fn matrix_cell(tag: &str, a: NatKind, b: NatKind, t: Transport) -> (bool, Option<u64>) {
+    let root = scratch(&format!("nat-matrix-{tag}"));
+    let mut topo = Topology::new(tag);
+    let public = topo.public_host("pub", 10);
+    let hc = topo.private_host("c", 1, a);
+    let hs = topo.private_host("s", 2, b);
+    let net = testnet_on(&public, &root, 2, t);
+    let _s = supplier_on(&hs, &root, "s", &net, t);
+    let supplier = peer_of(&root.join("s"));
+    let c = customer_on(&hc, &root, "c", &net, t);
+    // Liveness checks every second: they are what connects the customer to its suppliers.
+    c.edit_config(&[("check_interval_secs = 30", "check_interval_secs = 1")]);
+    mount_on(&hc, &c);
+    c.wait_suppliers(3);
+    let start = std::time::Instant::now();
+    let st = loop {
+        let st = c.status();
+        let punched = st["hole_punched_ms"][&supplier].is_u64();
+        // DCUtR gives up after three attempts about ten seconds apart.
+        if punched || start.elapsed() > std::time::Duration::from_secs(40) {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let path = st["peer_paths"][&supplier].as_str().map(str::to_string);
+    assert!(
+        path.is_some(),
+        "{tag}: the supplier behind {b:?} NAT is not connected at all: {st}"
+    );
+    let punched = st["hole_punched_ms"][&supplier].as_u64();
+    c.umount();
+    (path.as_deref() == Some("direct"), punched)
+}
+
+/// Every pair of NAT kinds over each transport, side by side: every supplier is reachable
+/// (directly or through a relay); cone↔cone must be direct; the direct-connection rate of the
+/// whole matrix is reported.
+#[test]
+fn nat_matrix_reports_the_direct_connection_rate() {
+    require_root_and_fuse();
+    require_netns();
+    use NatKind::{Cone, Symmetric};
+    let cells = [
+        ("mcct", Cone, Cone, Transport::Tcp),
+        ("mcst", Cone, Symmetric, Transport::Tcp),
+        ("msct", Symmetric, Cone, Transport::Tcp),
+        ("msst", Symmetric, Symmetric, Transport::Tcp),
+        ("mccq", Cone, Cone, Transport::Quic),
+        ("mcsq", Cone, Symmetric, Transport::Quic),
+        ("mscq", Symmetric, Cone, Transport::Quic),
+        ("mssq", Symmetric, Symmetric, Transport::Quic),
+    ];
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = cells
+            .iter()
+            .map(|&(tag, a, b, t)| sc.spawn(move || (tag, a, b, t, matrix_cell(tag, a, b, t))))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("cell")).collect()
+    });
+    let mut direct = 0;
+    for (tag, a, b, t, (is_direct, ms)) in &results {
+        eprintln!(
+            "NAT matrix {tag}: customer {a:?} -> supplier {b:?} over {t:?}: {}{}",
+            if *is_direct { "direct" } else { "relayed" },
+            ms.map(|m| format!(" (hole punch {m} ms after the relayed connection)"))
+                .unwrap_or_default()
+        );
+        if *is_direct {
+            direct += 1;
+        }
+        if *a == Cone && *b == Cone {
+            assert!(is_direct, "{tag}: cone to cone must be hole-punched");
+        }
+    }
+    eprintln!(
+        "NAT matrix: {direct} of {} connections direct ({}%)",
+        results.len(),
+        direct * 100 / results.len()
+    );
+}
