@@ -138,9 +138,10 @@ struct Shared {
     connectivity: dustfs_core::fsm::node::Node,
     /// Open connections per peer: (direct, relayed).
     paths: HashMap<PeerId, (usize, usize)>,
-    /// Peers with which a hole punch succeeded, and how long after the first connection.
+    /// Connected peers with which a hole punch succeeded, and how long after the first
+    /// connection.
     punched: HashMap<PeerId, Duration>,
-    /// When each peer was first connected.
+    /// When each connected peer was first connected.
     first_seen: HashMap<PeerId, std::time::Instant>,
 }
 
@@ -556,7 +557,11 @@ impl Task {
                 if num_established > 0 {
                     return;
                 }
+                // Per-peer records live only as long as the peer is connected, so a
+                // long-running node does not keep one for every peer it ever met.
                 s.paths.remove(&peer_id);
+                s.first_seen.remove(&peer_id);
+                s.punched.remove(&peer_id);
                 s.connected.remove(&peer_id);
                 if s.connected.is_empty() {
                     let now = s.connectivity.handle(NodeEvent::AllPeersLost);

@@ -218,23 +218,6 @@ async fn handle(
     }
 }
 
-/// Blocks until the upload queue is empty (at most `limit`).
-fn wait_drained(engine: &Engine, limit: Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let (shards, _) = engine.pending()?;
-        if shards == 0 {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "{shards} shards still wait for upload; prune stopped before deleting anything"
-            );
-        }
-        engine.wait_progress(Duration::from_millis(250));
-    }
-}
-
 /// `dustfs prune`: plan, compact sparse blocks, publish a snapshot naming the moved chunks
 /// (before anything they moved from is deleted), then mark and delete. Returns the report and
 /// the snapshot published, if any.
@@ -245,10 +228,17 @@ fn prune(
     let mut plan = engine.prune_plan(policy)?;
     let mut published = None;
     if engine.prune_compact(&mut plan, 0.5)? > 0 {
-        let limit = Duration::from_secs(3600);
-        wait_drained(engine, limit)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+        let drained = || {
+            crate::daemon::wait_drained(engine, deadline).map_err(|shards| {
+                anyhow::anyhow!(
+                    "{shards} shards still wait for upload; prune stopped before deleting anything"
+                )
+            })
+        };
+        drained()?;
         let pending = engine.snapshot_metadata()?;
-        wait_drained(engine, limit)?;
+        drained()?;
         let info = engine.publish_snapshot(pending)?;
         engine.prune_keep_also(&mut plan, info.seq)?;
         published = Some(info.seq);

@@ -448,19 +448,7 @@ pub fn run_mount(
         warn!(error = %e, "final commit failed; data stays in the local queue");
     }
     let deadline = Instant::now() + Duration::from_secs(cfg.storage.unmount_drain_secs);
-    let drained = || {
-        while Instant::now() < deadline {
-            match engine.pending() {
-                Ok((0, _)) => return true,
-                Ok((n, _)) => {
-                    info!(shards = n, "waiting for uploads before exit");
-                    engine.wait_progress(Duration::from_millis(500));
-                }
-                Err(_) => return false,
-            }
-        }
-        false
-    };
+    let drained = || wait_drained(&engine, deadline).is_ok();
     // A clean unmount publishes a snapshot, so the namespace on the network is this one.
     if drained() && !ro {
         match engine.snapshot_metadata() {
@@ -823,4 +811,20 @@ async fn start_client(home: &Home, cfg: &Config) -> Result<Node> {
         bail!("no suppliers found through the bootstrap peers within 30 s");
     }
     Ok(node)
+}
+
+/// Waits until the upload queue is empty, or `deadline`; `Err` carries the shards still
+/// queued (`u64::MAX` when the queue could not be read).
+pub fn wait_drained(engine: &Engine, deadline: Instant) -> Result<(), u64> {
+    loop {
+        let shards = engine.pending().map_err(|_| u64::MAX)?.0;
+        if shards == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(shards);
+        }
+        info!(shards, "waiting for uploads");
+        engine.wait_progress(Duration::from_millis(250));
+    }
 }

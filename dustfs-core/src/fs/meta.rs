@@ -652,14 +652,7 @@ pub fn list_snapshots(
     keys: &crate::keys::Keys,
 ) -> FsResult<Vec<SnapshotInfo>> {
     let user = keys.public().to_bytes();
-    let suppliers = store.suppliers();
-    let answers: Vec<Vec<Vec<u8>>> = std::thread::scope(|sc| {
-        let hs: Vec<_> = suppliers
-            .iter()
-            .map(|s| sc.spawn(move || store.get_roots(s).unwrap_or_default()))
-            .collect();
-        hs.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+    let answers = roots_from_suppliers(store);
     let mut by_seq: std::collections::BTreeMap<u64, SnapshotInfo> = Default::default();
     for roots in answers {
         let mut seen = BTreeSet::new();
@@ -694,4 +687,17 @@ pub fn list_snapshots(
         }
     }
     Ok(by_seq.into_values().collect())
+}
+
+/// The (unverified) root records each reachable supplier keeps for this customer, asked in
+/// parallel; one list per supplier that answered.
+pub(super) fn roots_from_suppliers(store: &dyn crate::store::ShardStore) -> Vec<Vec<Vec<u8>>> {
+    let suppliers = store.suppliers();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = suppliers
+            .iter()
+            .map(|s| sc.spawn(move || store.get_roots(s).unwrap_or_default()))
+            .collect();
+        hs.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
 }

@@ -140,15 +140,10 @@ impl Engine {
                 out.insert(r.seq, r);
             }
         }
-        let suppliers = self.store.suppliers();
-        let answers: Vec<Vec<Vec<u8>>> = std::thread::scope(|sc| {
-            let hs: Vec<_> = suppliers
-                .iter()
-                .map(|s| sc.spawn(move || self.store.get_roots(s).unwrap_or_default()))
-                .collect();
-            hs.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
-        for r in answers.into_iter().flatten() {
+        for r in super::meta::roots_from_suppliers(&*self.store)
+            .into_iter()
+            .flatten()
+        {
             if let Ok(r) = RootRecord::verify(&r, &user) {
                 out.entry(r.seq).or_insert(r);
             }
