@@ -166,15 +166,40 @@ fn behind_symmetric_nats_data_flows_through_a_relay() {
     // shards, through a relay, and the status says so.
     assert_eq!(st["peer_paths"][&private], "relayed", "{st}");
     assert_eq!(st["connectivity"], "relayed", "{st}");
-    let customers = std::fs::read_dir(root.join("s1").join("shards"))
-        .expect("shards")
-        .flatten()
-        .filter(|e| e.file_name() != "tmp" && e.file_name() != "roots")
-        .count();
-    assert_eq!(
-        customers, 1,
+    let held = shard_files_in(&root.join("s1").join("shards"));
+    assert!(
+        !held.is_empty(),
         "the supplier behind a symmetric NAT holds no shards"
     );
+    let held_bytes: u64 = held
+        .iter()
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum();
+    // The status accounts for the bytes that went through the relay (frames, both ways).
+    let relayed = st["relayed_bytes"]["per_peer"][&private]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(relayed >= held_bytes, "{relayed} < {held_bytes}: {st}");
+    assert!(
+        st["relayed_bytes"]["total"].as_u64().unwrap_or(0) >= relayed,
+        "{st}"
+    );
+
+    // With a seventh supplier, a public one, there is a better choice than the relay: new
+    // data no longer goes to the supplier reached only through it.
+    let _s7 = supplier_on(&public, &root, "s7", &net, Transport::Both);
+    c.wait_suppliers(7);
+    write_random(&data, 8 << 20, 94);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("more.bin")));
+    c.sync();
+    assert_eq!(
+        shard_files_in(&root.join("s1").join("shards")),
+        held,
+        "new shards went through the relay although 6 direct suppliers were there"
+    );
+    assert!(!shard_files_in(&root.join("s7").join("shards")).is_empty());
+    c.cache_drop();
+    assert_eq!(sha256(&c.mnt.join("more.bin")), sha256(&data));
     c.umount();
 }
 

@@ -57,6 +57,13 @@ pub trait ShardStore: Send + Sync {
     fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Asks a supplier to forget the root record `seq` (a pruned snapshot).
     fn delete_root(&self, supplier: &SupplierId, seq: u64) -> Result<(), StoreError>;
+    /// Whether new shards should go to this supplier when there is a choice. `false` for a
+    /// supplier the store reaches only at a cost (through a relay): it is given shards only
+    /// when the preferred suppliers are too few for a block.
+    fn preferred(&self, supplier: &SupplierId) -> bool {
+        let _ = supplier;
+        true
+    }
 }
 
 /// An in-memory store for engine tests: named suppliers, each with a quota, that can be taken
@@ -73,6 +80,7 @@ struct MemInner {
     offline: HashSet<SupplierId>,
     corrupt: HashSet<SupplierId>,
     roots: HashMap<SupplierId, Vec<Vec<u8>>>,
+    relayed: HashSet<SupplierId>,
 }
 
 impl MemStore {
@@ -101,6 +109,11 @@ impl MemStore {
         } else {
             g.offline.remove(s)
         };
+    }
+
+    /// Marks a supplier as reachable only through a relay (not [`ShardStore::preferred`]).
+    pub fn set_relayed(&self, s: &str) {
+        self.lock().relayed.insert(s.into());
     }
 
     /// Changes a supplier's quota.
@@ -256,6 +269,10 @@ impl ShardStore for MemStore {
             v.retain(|r| crate::root::RootRecord::peek_seq(r).map(|x| x.0) != Some(seq));
         }
         Ok(())
+    }
+
+    fn preferred(&self, supplier: &SupplierId) -> bool {
+        !self.lock().relayed.contains(supplier)
     }
 
     fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -75,7 +75,8 @@ struct Behaviour {
 /// Relay limits. libp2p's defaults (2 minutes, 128 KiB per circuit) are made for signalling
 /// only; dustfs moves shards through a relay when no direct path exists (symmetric NATs), so
 /// circuits may carry up to 1 GiB and last an hour, and a relay serves at most 64 circuits
-/// (8 per peer) and 128 reservations. (Per-peer accounting of relayed bytes is not built yet.)
+/// (8 per peer) and 128 reservations. Each node counts the dustfs bytes it exchanges through
+/// relays, per peer (`dustfs status`: `relayed_bytes`).
 fn relay_config() -> relay::Config {
     relay::Config {
         max_reservations: 128,
@@ -143,6 +144,11 @@ struct Shared {
     punched: HashMap<PeerId, Duration>,
     /// When each connected peer was first connected.
     first_seen: HashMap<PeerId, std::time::Instant>,
+    /// dustfs bytes (request and response frames, both ways) exchanged with each connected
+    /// peer while it was reachable only through a relay.
+    relayed_bytes: HashMap<PeerId, u64>,
+    /// The same, over every peer since the node started.
+    relayed_bytes_total: u64,
 }
 
 impl Shared {
@@ -151,6 +157,14 @@ impl Shared {
             Some((d, _)) if *d > 0 => Some(PeerPath::Direct),
             Some((_, r)) if *r > 0 => Some(PeerPath::Relayed),
             _ => None,
+        }
+    }
+
+    /// Counts a frame exchanged with `p` if `p` is reachable only through a relay.
+    fn account(&mut self, p: &PeerId, frame_len: usize) {
+        if self.path(p) == Some(PeerPath::Relayed) {
+            *self.relayed_bytes.entry(*p).or_default() += frame_len as u64;
+            self.relayed_bytes_total += frame_len as u64;
         }
     }
 }
@@ -206,6 +220,10 @@ pub struct NetStatus {
     /// Peers reached directly after a hole punch, with the time it took from the first
     /// (relayed) connection, in ms.
     pub hole_punched_ms: std::collections::BTreeMap<String, u64>,
+    /// dustfs bytes exchanged through a relay with each connected peer.
+    pub relayed_bytes: std::collections::BTreeMap<String, u64>,
+    /// dustfs bytes exchanged through relays since the node started.
+    pub relayed_bytes_total: u64,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -370,6 +388,12 @@ impl Node {
         v
     }
 
+    /// Whether `p` is connected only through a relay (bulk data avoids such peers when others
+    /// will do).
+    pub fn relayed_only(&self, p: &PeerId) -> bool {
+        lock(&self.shared).path(p) == Some(PeerPath::Relayed)
+    }
+
     /// Listen addresses, once the transports are up.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         lock(&self.shared).listen.clone()
@@ -408,6 +432,12 @@ impl Node {
                 .iter()
                 .map(|(p, d)| (p.to_string(), d.as_millis() as u64))
                 .collect(),
+            relayed_bytes: s
+                .relayed_bytes
+                .iter()
+                .map(|(p, n)| (p.to_string(), *n))
+                .collect(),
+            relayed_bytes_total: s.relayed_bytes_total,
         }
     }
 }
@@ -415,8 +445,8 @@ impl Node {
 /// A DHT lookup under way: the values found so far and who waits for them.
 type PendingGet = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
 
-/// A response frame and the channel it answers.
-type Answer = (ResponseChannel<Vec<u8>>, Vec<u8>);
+/// A response frame, the peer and the channel it answers.
+type Answer = (PeerId, ResponseChannel<Vec<u8>>, Vec<u8>);
 
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
@@ -455,6 +485,7 @@ impl Task {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Request { peer, frame, reply }) => {
+                        lock(&self.shared).account(&peer, frame.len());
                         let id = self.swarm.behaviour_mut().rr.send_request(&peer, frame);
                         self.pending.insert(id, reply);
                     }
@@ -475,7 +506,8 @@ impl Task {
                     }
                     None => break,
                 },
-                Some((channel, frame)) = self.inbound.1.recv() => {
+                Some((peer, channel, frame)) = self.inbound.1.recv() => {
+                    lock(&self.shared).account(&peer, frame.len());
                     if self.swarm.behaviour_mut().rr.send_response(channel, frame).is_err() {
                         debug!("response channel closed before the answer was ready");
                     }
@@ -562,6 +594,7 @@ impl Task {
                 s.paths.remove(&peer_id);
                 s.first_seen.remove(&peer_id);
                 s.punched.remove(&peer_id);
+                s.relayed_bytes.remove(&peer_id);
                 s.connected.remove(&peer_id);
                 if s.connected.is_empty() {
                     let now = s.connectivity.handle(NodeEvent::AllPeersLost);
@@ -715,12 +748,13 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().rr.send_response(channel, frame);
                     return;
                 };
+                lock(&self.shared).account(&peer, request.len());
                 let tx = self.inbound.0.clone();
                 tokio::spawn(async move {
                     // Disk IO with fsync: off the async threads.
                     match tokio::task::spawn_blocking(move || dir.handle(&request)).await {
                         Ok(resp) => {
-                            let _ = tx.send((channel, resp)).await;
+                            let _ = tx.send((peer, channel, resp)).await;
                         }
                         Err(e) => warn!(%peer, error = %e, "request handler failed"),
                     }
@@ -732,8 +766,10 @@ impl Task {
                         request_id,
                         response,
                     },
+                peer,
                 ..
             } => {
+                lock(&self.shared).account(&peer, response.len());
                 if let Some(r) = self.pending.remove(&request_id) {
                     let _ = r.send(Ok(response));
                 }

@@ -119,6 +119,12 @@ fn refusal(e: WireError) -> StoreError {
 }
 
 impl ShardStore for NetStore {
+    fn preferred(&self, supplier: &SupplierId) -> bool {
+        supplier
+            .parse::<PeerId>()
+            .is_ok_and(|p| !self.node.relayed_only(&p))
+    }
+
     fn suppliers(&self) -> Vec<SupplierId> {
         self.node
             .suppliers()

@@ -119,6 +119,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "connectivity": n.connectivity,
         "peer_paths": n.peer_paths,
         "hole_punched_ms": n.hole_punched_ms,
+        "relayed_bytes": { "per_peer": n.relayed_bytes, "total": n.relayed_bytes_total },
         "suppliers": n.suppliers,
         "upload_queue": { "shards": e.queued_shards, "bytes": e.queued_bytes },
         "blocks": e.blocks,

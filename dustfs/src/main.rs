@@ -561,6 +561,14 @@ fn status(home: &Home, json: bool) -> Result<()> {
         out["peers"]["known"],
         out["connectivity"].as_str().unwrap_or("?")
     );
+    if let Some(paths) = out["peer_paths"].as_object() {
+        let relayed = paths.values().filter(|p| *p == "relayed").count();
+        println!(
+            "paths      {} direct, {relayed} through a relay ({} KiB relayed)",
+            paths.len() - relayed,
+            out["relayed_bytes"]["total"].as_u64().unwrap_or(0) >> 10
+        );
+    }
     println!(
         "suppliers  {}",
         out["suppliers"].as_array().map(Vec::len).unwrap_or(0)

@@ -197,13 +197,20 @@ impl Testnet {
 
     /// Every shard file of every supplier.
     pub fn shard_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for i in 1..=self.nodes {
-            walk_files(&self.node_dir(i).join("shards"), &mut out);
-        }
-        out.retain(|p| !in_staging(p) && !p.components().any(|c| c.as_os_str() == "roots"));
-        out
+        (1..=self.nodes)
+            .flat_map(|i| shard_files_in(&self.node_dir(i).join("shards")))
+            .collect()
     }
+}
+
+/// The shard files under one supplier's shard directory (staging files and root records
+/// aside), sorted.
+pub fn shard_files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk_files(dir, &mut out);
+    out.retain(|p| !in_staging(p) && !p.components().any(|c| c.as_os_str() == "roots"));
+    out.sort();
+    out
 }
 
 impl Drop for Testnet {

@@ -387,6 +387,10 @@ impl Engine {
             .into_iter()
             .filter(|s| !up.suspect.contains_key(s) && self.placeable(s))
             .collect();
+        let tiers: [Vec<SupplierId>; 2] = {
+            let (first, second) = suppliers.into_iter().partition(|s| self.store.preferred(s));
+            [first, second]
+        };
         let mut jobs: Vec<(u64, usize, SupplierId, ShardId, Vec<u8>)> = Vec::new();
         let mut records: HashMap<u64, BlockRecord> = HashMap::new();
         for (no, shards) in queued {
@@ -406,13 +410,18 @@ impl Engine {
                 .filter_map(|s| s.supplier.clone())
                 .collect();
             let refused = up.refused.get(&no).cloned().unwrap_or_default();
-            // Rotate the supplier list by block so load spreads when there are more suppliers
-            // than shards.
-            let n = suppliers.len().max(1);
+            // Rotate each tier of the supplier list by block so load spreads when there are
+            // more suppliers than shards; the second tier (reached only through a relay) gets
+            // a shard only when the first has no supplier left for it.
             for (i, bytes) in shards {
-                let pick = (0..suppliers.len())
-                    .map(|j| &suppliers[(j + no as usize + i) % n])
-                    .find(|s| !used.contains(*s) && !refused.contains(*s))
+                let pick = tiers
+                    .iter()
+                    .find_map(|tier| {
+                        let n = tier.len().max(1);
+                        (0..tier.len())
+                            .map(|j| &tier[(j + no as usize + i) % n])
+                            .find(|s| !used.contains(*s) && !refused.contains(*s))
+                    })
                     .cloned();
                 if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
                     used.insert(s.clone());

@@ -1078,3 +1078,38 @@ fn the_repair_bandwidth_limit_holds_across_passes() {
         start.elapsed()
     );
 }
+
+#[test]
+fn suppliers_reached_only_through_a_relay_get_shards_only_when_no_better_choice_is_left() {
+    use crate::fsm::supplier::SupplierConfig;
+    let t = setup(8, usize::MAX);
+    t.store.set_relayed("s7");
+    t.store.set_relayed("s8");
+    let data = random(24 << 20, 15);
+    let ino = t.file("a", &data);
+    t.sync();
+    // Six direct suppliers are enough for 4+2: the relayed ones get nothing.
+    assert_eq!(t.store.used("s7") + t.store.used("s8"), 0);
+    assert!((1..=6).all(|i| t.store.used(&format!("s{i}")) > 0));
+    // With two direct suppliers gone, every block needs the relayed ones, and gets them.
+    t.store.set_offline("s1", true);
+    t.store.set_offline("s2", true);
+    let cfg = SupplierConfig {
+        suspect_after: 1,
+        grace_ms: 0,
+    };
+    for now in [0, 1000, 2000] {
+        t.fs.liveness_round(now, &cfg).unwrap();
+    }
+    while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
+    t.sync();
+    let st = t.fs.status().unwrap();
+    assert_eq!(
+        st.blocks["healthy"],
+        st.blocks.values().sum::<u64>(),
+        "{st:?}"
+    );
+    assert!(t.store.used("s7") > 0 && t.store.used("s8") > 0);
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
