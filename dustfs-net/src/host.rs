@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
+use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -126,6 +127,10 @@ enum Command {
         key: Vec<u8>,
         reply: oneshot::Sender<Vec<Vec<u8>>>,
     },
+    LocalRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
 }
 
 /// What the swarm task shares with the handles.
@@ -182,9 +187,71 @@ fn is_loopback(a: &Multiaddr) -> bool {
     })
 }
 
+/// Prefix of the DHT keys of root records.
+const ROOT_KEY_PREFIX: &[u8] = b"/dustfs/root/";
+
 /// The DHT key under which a user's root records are published.
 pub fn root_key(user: &[u8; 32]) -> Vec<u8> {
-    [b"/dustfs/root/".as_slice(), user].concat()
+    [ROOT_KEY_PREFIX, user].concat()
+}
+
+/// Whether this node keeps a DHT record another peer put: only a dustfs root record that
+/// verifies for the user its key names, no larger than [`MAX_DHT_VALUE`], and not older than
+/// the one already kept (so nobody can replace a user's record with garbage, a forgery or a
+/// replayed old one). `kept` is the value stored under the same key, if any.
+pub fn admit_record(key: &[u8], value: &[u8], kept: Option<&[u8]>) -> Result<(), &'static str> {
+    let user: [u8; 32] = key
+        .strip_prefix(ROOT_KEY_PREFIX)
+        .and_then(|u| u.try_into().ok())
+        .ok_or("not a dustfs root record key")?;
+    if value.len() > MAX_DHT_VALUE {
+        return Err("record too large");
+    }
+    let rec = dustfs_core::root::RootRecord::verify(value, &user)
+        .map_err(|_| "root record does not verify for the user of its key")?;
+    if let Some((seq, _)) = kept.and_then(dustfs_core::root::RootRecord::peek_seq)
+        && seq > rec.seq
+    {
+        return Err("older than the record kept");
+    }
+    Ok(())
+}
+
+/// Requests a peer may have in flight on this node at once; more are answered `Busy`.
+const MAX_IN_FLIGHT_PER_PEER: usize = 32;
+/// Requests per second a peer may send on average, and in a burst.
+const REQUESTS_PER_SEC: f64 = 400.0;
+const REQUEST_BURST: f64 = 800.0;
+
+/// A peer's request budget: a token bucket and the requests it has in flight.
+struct PeerBudget {
+    tokens: f64,
+    last: Instant,
+    in_flight: usize,
+}
+
+impl PeerBudget {
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: REQUEST_BURST,
+            last: now,
+            in_flight: 0,
+        }
+    }
+
+    /// Takes one request if the peer is within its rate and in-flight limits.
+    fn admit(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens
+            + now.duration_since(self.last).as_secs_f64() * REQUESTS_PER_SEC)
+            .min(REQUEST_BURST);
+        self.last = now;
+        if self.tokens < 1.0 || self.in_flight >= MAX_IN_FLIGHT_PER_PEER {
+            return false;
+        }
+        self.tokens -= 1.0;
+        self.in_flight += 1;
+        true
+    }
 }
 
 /// Largest value published in the DHT (libp2p's memory store keeps at most 65 KiB per
@@ -251,6 +318,8 @@ impl Node {
             .with_behaviour(|key, relay_client| {
                 let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
                 kcfg.set_query_timeout(Duration::from_secs(20));
+                // Records other peers put are checked before they are kept (admit_record).
+                kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
                 let mut kad = kad::Behaviour::with_config(
                     peer_id,
                     kad::store::MemoryStore::new(peer_id),
@@ -328,6 +397,7 @@ impl Node {
             shared: shared.clone(),
             inbound: mpsc::channel(64),
             discovered: false,
+            budgets: HashMap::new(),
         };
         tokio::spawn(task.run(rx));
         Ok(Node {
@@ -370,6 +440,17 @@ impl Node {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// The value this node itself keeps under `key` in the DHT (tests check that forged
+    /// records are not kept).
+    pub async fn local_record(&self, key: Vec<u8>) -> Option<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::LocalRecord { key, reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Suppliers found in the DHT (not this node).
@@ -470,6 +551,8 @@ struct Task {
     /// Answers computed off the event loop, on their way back to the swarm.
     inbound: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
     discovered: bool,
+    /// Request budgets of connected peers.
+    budgets: HashMap<PeerId, PeerBudget>,
 }
 
 impl Task {
@@ -500,6 +583,16 @@ impl Task {
                             }
                         }
                     }
+                    Some(Command::LocalRecord { key, reply }) => {
+                        let v = self
+                            .swarm
+                            .behaviour_mut()
+                            .kad
+                            .store_mut()
+                            .get(&RecordKey::new(&key))
+                            .map(|r| r.value.clone());
+                        let _ = reply.send(v);
+                    }
                     Some(Command::GetRecords { key, reply }) => {
                         let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
                         self.gets.insert(id, (Vec::new(), reply));
@@ -508,6 +601,9 @@ impl Task {
                 },
                 Some((peer, channel, frame)) = self.inbound.1.recv() => {
                     lock(&self.shared).account(&peer, frame.len());
+                    if let Some(b) = self.budgets.get_mut(&peer) {
+                        b.in_flight = b.in_flight.saturating_sub(1);
+                    }
                     if self.swarm.behaviour_mut().rr.send_response(channel, frame).is_err() {
                         debug!("response channel closed before the answer was ready");
                     }
@@ -595,6 +691,7 @@ impl Task {
                 s.first_seen.remove(&peer_id);
                 s.punched.remove(&peer_id);
                 s.relayed_bytes.remove(&peer_id);
+                self.budgets.remove(&peer_id);
                 s.connected.remove(&peer_id);
                 if s.connected.is_empty() {
                     let now = s.connectivity.handle(NodeEvent::AllPeersLost);
@@ -653,6 +750,34 @@ impl Task {
                 let finished = step.last || !matches!(r, Ok(kad::GetRecordOk::FoundRecord(_)));
                 if finished && let Some((found, reply)) = self.gets.remove(&id) {
                     let _ = reply.send(found);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(r),
+                        ..
+                    },
+            })) => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let kept = store.get(&r.key).map(|k| k.value.clone());
+                match admit_record(r.key.as_ref(), &r.value, kept.as_deref()) {
+                    Ok(()) => {
+                        if let Err(e) = store.put(r) {
+                            warn!(peer = %source, error = %e, "DHT record not kept");
+                        }
+                    }
+                    Err(why) => warn!(peer = %source, why, "DHT record refused"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(p) },
+                // Only supplier announcements are provided in dustfs's DHT.
+            })) if p.key.as_ref() == SUPPLIER_KEY => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                if let Err(e) = store.add_provider(p) {
+                    debug!(error = %e, "provider record not kept");
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
@@ -749,6 +874,20 @@ impl Task {
                     return;
                 };
                 lock(&self.shared).account(&peer, request.len());
+                let now = Instant::now();
+                if !self
+                    .budgets
+                    .entry(peer)
+                    .or_insert_with(|| PeerBudget::new(now))
+                    .admit(now)
+                {
+                    debug!(%peer, "request refused: over the per-peer limits");
+                    let frame = crate::protocol::encode_response(
+                        &crate::protocol::Response::Error(crate::protocol::WireError::Busy),
+                    );
+                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, frame);
+                    return;
+                }
                 let tx = self.inbound.0.clone();
                 tokio::spawn(async move {
                     // Disk IO with fsync: off the async threads.

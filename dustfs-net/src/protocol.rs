@@ -7,29 +7,42 @@
 //! malformed request still gets a typed [`WireError`] back.
 //!
 //! Signing (domain separation as in libp2p's signed envelope): the customer's Ed25519 key
-//! signs `len(DOMAIN) | DOMAIN | len(body) | body`, where body is the postcard encoding of
-//! [`Signed`] without the signature: customer key, timestamp, nonce and the operation. The
-//! supplier checks the signature before it looks at the operation, rejects timestamps outside
-//! [`MAX_SKEW`] and nonces it has already seen in that window.
+//! signs `len(DOMAIN) | DOMAIN | len(type) | type | len(body) | body`, each length a u32
+//! big-endian, where type names the operation (`store`, `delete`, …) and body is the postcard
+//! encoding of [`Signed`] without the signature: customer key, audience (the supplier the
+//! request is meant for), timestamp, nonce and the operation. The supplier checks the
+//! signature before it looks at the operation, refuses requests meant for another supplier
+//! (a supplier cannot replay a customer's delete on a second one), timestamps outside
+//! [`MAX_SKEW_MS`] and nonces it has already seen in that window.
+//!
+//! Contracts: before it stores anything a customer asks a supplier for a contract
+//! ([`Op::Contract`]: quota and expiry, signed by the customer); the supplier grants it by
+//! signing the same terms under [`CONTRACT_DOMAIN`] with its node key. Stores are refused
+//! without a live contract and past its quota.
 
 use std::io;
 
 use async_trait::async_trait;
 use dustfs_core::shard::ShardId;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
 
 /// libp2p protocol name.
-pub const PROTOCOL: &str = "/dustfs/shard/1";
-/// Current wire version (first byte of every frame body).
-pub const WIRE_VERSION: u8 = 1;
+pub const PROTOCOL: &str = "/dustfs/shard/2";
+/// Current wire version (first byte of every frame body). Version 2 added the audience,
+/// the operation type in the signed bytes, and contracts.
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted in either direction: the largest shard plus headroom.
 pub const MAX_FRAME: usize = 10 << 20;
 /// Largest shard a supplier stores.
 pub const MAX_SHARD: usize = 9 << 20;
 /// Domain string of signed requests.
-pub const DOMAIN: &[u8] = b"dustfs/shard-request/v1";
+pub const DOMAIN: &[u8] = b"dustfs/shard-request/v2";
+/// Domain string of a supplier's signature granting a contract.
+pub const CONTRACT_DOMAIN: &[u8] = b"dustfs/contract-grant/v1";
+/// Longest contract a supplier grants.
+pub const MAX_CONTRACT_MS: u64 = 90 * 24 * 3600 * 1000;
 /// How far a request's timestamp may be from the supplier's clock.
 pub const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
 
@@ -63,6 +76,27 @@ pub enum Op {
         /// Its sequence number.
         seq: u64,
     },
+    /// Ask for (or renew) a storage contract: `quota` bytes until `expires_ms` (Unix ms).
+    Contract {
+        /// Bytes the supplier keeps for the customer at most.
+        quota: u64,
+        /// When the contract ends.
+        expires_ms: u64,
+    },
+}
+
+impl Op {
+    /// The operation's name, signed beside it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Store { .. } => "store",
+            Op::Delete { .. } => "delete",
+            Op::List => "list",
+            Op::Lease { .. } => "lease",
+            Op::DeleteRoot { .. } => "delete-root",
+            Op::Contract { .. } => "contract",
+        }
+    }
 }
 
 /// The signed part of a request.
@@ -70,6 +104,8 @@ pub enum Op {
 pub struct Signed {
     /// The customer's public key (its identity).
     pub customer: [u8; 32],
+    /// The supplier's public key (its node identity): the only supplier that accepts it.
+    pub audience: [u8; 32],
     /// Milliseconds since the Unix epoch, on the customer's clock.
     pub timestamp_ms: u64,
     /// Random, never reused.
@@ -148,6 +184,8 @@ pub enum Request {
     Lease(Envelope),
     /// Forget a root record (signed `Op::DeleteRoot`).
     DeleteRoot(Envelope),
+    /// Ask for a storage contract (signed `Op::Contract`).
+    Contract(Envelope),
 }
 
 /// Typed refusals, stable on the wire.
@@ -184,6 +222,18 @@ pub enum WireError {
     /// The supplier failed to do the work (disk error).
     #[error("supplier error: {0}")]
     Internal(String),
+    /// The request was signed for another supplier.
+    #[error("request meant for another supplier")]
+    WrongAudience,
+    /// No live storage contract with this customer.
+    #[error("no storage contract")]
+    NoContract,
+    /// The supplier's disk is (nearly) full: it takes no more shards from anyone.
+    #[error("supplier disk full")]
+    Full,
+    /// Too many requests from this peer: slow down and retry.
+    #[error("too many requests; retry later")]
+    Busy,
 }
 
 /// Responses.
@@ -221,16 +271,50 @@ pub enum Response {
         /// Milliseconds until it expires unless renewed.
         remaining_ms: u64,
     },
+    /// The contract asked for is granted: the supplier's signature over its terms (see
+    /// [`Envelope::grant_bytes`]).
+    ContractGranted(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
-fn signing_bytes(s: &Signed) -> Vec<u8> {
+/// `len(domain) | domain | len(kind) | kind | len(body) | body`, lengths u32 big-endian.
+fn signing_bytes(domain: &[u8], s: &Signed) -> Vec<u8> {
     let body = postcard::to_allocvec(s).unwrap_or_default();
-    let mut out = Vec::with_capacity(8 + DOMAIN.len() + body.len());
-    out.extend_from_slice(&(DOMAIN.len() as u32).to_be_bytes());
-    out.extend_from_slice(DOMAIN);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    let kind = s.op.kind().as_bytes();
+    let mut out = Vec::with_capacity(12 + domain.len() + kind.len() + body.len());
+    for part in [domain, kind, &body] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
     out
+}
+
+fn verify_with(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> Result<(), WireError> {
+    let key = VerifyingKey::from_bytes(key).map_err(|_| WireError::BadSignature)?;
+    let sig: [u8; 64] = sig.try_into().map_err(|_| WireError::BadSignature)?;
+    key.verify_strict(msg, &Signature::from_bytes(&sig))
+        .map_err(|_| WireError::BadSignature)
+}
+
+/// The Ed25519 public key inside a peer id (dustfs node ids are Ed25519, inlined in the id):
+/// the audience customers sign requests for, and the key a contract grant verifies with.
+pub fn peer_key(p: &libp2p::PeerId) -> Option<[u8; 32]> {
+    let mh = p.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(mh.digest())
+        .ok()?
+        .try_into_ed25519()
+        .ok()
+        .map(|k| k.to_bytes())
+}
+
+/// The node key as an Ed25519 signing key (suppliers sign contract grants with it).
+pub fn signing_key_of(k: &libp2p::identity::Keypair) -> Option<SigningKey> {
+    let ed = k.clone().try_into_ed25519().ok()?;
+    let bytes = ed.to_bytes();
+    let secret: [u8; 32] = bytes[..32].try_into().ok()?;
+    Some(SigningKey::from_bytes(&secret))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -242,36 +326,53 @@ pub fn now_ms() -> u64 {
 }
 
 impl Envelope {
-    /// Signs an operation now with a fresh nonce.
-    pub fn sign(key: &SigningKey, op: Op) -> Self {
+    /// Signs an operation for the supplier `audience` now, with a fresh nonce.
+    pub fn sign(key: &SigningKey, audience: [u8; 32], op: Op) -> Self {
         let mut nonce = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        Self::sign_with(key, op, now_ms(), nonce)
+        Self::sign_with(key, audience, op, now_ms(), nonce)
     }
 
     /// Signs with a given time and nonce (tests use this to make replays and stale requests).
-    pub fn sign_with(key: &SigningKey, op: Op, timestamp_ms: u64, nonce: [u8; 16]) -> Self {
+    pub fn sign_with(
+        key: &SigningKey,
+        audience: [u8; 32],
+        op: Op,
+        timestamp_ms: u64,
+        nonce: [u8; 16],
+    ) -> Self {
         let signed = Signed {
             customer: key.verifying_key().to_bytes(),
+            audience,
             timestamp_ms,
             nonce,
             op,
         };
-        let signature = key.sign(&signing_bytes(&signed)).to_bytes().to_vec();
+        let signature = key
+            .sign(&signing_bytes(DOMAIN, &signed))
+            .to_bytes()
+            .to_vec();
         Self { signed, signature }
     }
 
-    /// Checks the signature (not time or nonce; the supplier does those).
+    /// Checks the customer's signature (not audience, time or nonce; the supplier does those).
     pub fn verify(&self) -> Result<(), WireError> {
-        let key =
-            VerifyingKey::from_bytes(&self.signed.customer).map_err(|_| WireError::BadSignature)?;
-        let sig: [u8; 64] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| WireError::BadSignature)?;
-        key.verify(&signing_bytes(&self.signed), &Signature::from_bytes(&sig))
-            .map_err(|_| WireError::BadSignature)
+        verify_with(
+            &self.signed.customer,
+            &signing_bytes(DOMAIN, &self.signed),
+            &self.signature,
+        )
+    }
+
+    /// What a supplier signs to grant the contract this envelope asks for: the same signed
+    /// fields under [`CONTRACT_DOMAIN`].
+    pub fn grant_bytes(&self) -> Vec<u8> {
+        signing_bytes(CONTRACT_DOMAIN, &self.signed)
+    }
+
+    /// Checks a supplier's grant of this contract request against the audience's key.
+    pub fn verify_grant(&self, grant: &[u8]) -> Result<(), WireError> {
+        verify_with(&self.signed.audience, &self.grant_bytes(), grant)
     }
 }
 
@@ -401,10 +502,13 @@ mod tests {
         SigningKey::from_bytes(&[5; 32])
     }
 
+    const AUD: [u8; 32] = [3; 32];
+
     #[test]
     fn signed_requests_verify_and_forgeries_do_not() {
         let env = Envelope::sign(
             &key(),
+            AUD,
             Op::Delete {
                 shard: ShardId([1; 32]),
             },
@@ -418,9 +522,51 @@ mod tests {
         let mut stolen = env.clone();
         stolen.signed.customer = SigningKey::from_bytes(&[6; 32]).verifying_key().to_bytes();
         assert_eq!(stolen.verify(), Err(WireError::BadSignature));
+        let mut redirected = env.clone();
+        redirected.signed.audience = [4; 32];
+        assert_eq!(redirected.verify(), Err(WireError::BadSignature));
         let mut short = env;
         short.signature.pop();
         assert_eq!(short.verify(), Err(WireError::BadSignature));
+    }
+
+    #[test]
+    fn a_contract_grant_verifies_only_with_the_suppliers_key_and_terms() {
+        let supplier = SigningKey::from_bytes(&[7; 32]);
+        let env = Envelope::sign(
+            &key(),
+            supplier.verifying_key().to_bytes(),
+            Op::Contract {
+                quota: 1 << 30,
+                expires_ms: 1,
+            },
+        );
+        let grant = supplier.sign(&env.grant_bytes()).to_bytes().to_vec();
+        env.verify_grant(&grant).unwrap();
+        // The customer's own signature is not a grant (other domain).
+        assert_eq!(
+            env.verify_grant(&env.signature),
+            Err(WireError::BadSignature)
+        );
+        let mut bigger = env.clone();
+        bigger.signed.op = Op::Contract {
+            quota: 1 << 40,
+            expires_ms: 1,
+        };
+        assert_eq!(bigger.verify_grant(&grant), Err(WireError::BadSignature));
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let fake = other.sign(&env.grant_bytes()).to_bytes().to_vec();
+        assert_eq!(env.verify_grant(&fake), Err(WireError::BadSignature));
+    }
+
+    #[test]
+    fn peer_ids_carry_the_key_requests_are_addressed_to() {
+        let kp = libp2p::identity::Keypair::generate_ed25519();
+        let signer = signing_key_of(&kp).unwrap();
+        assert_eq!(
+            peer_key(&kp.public().to_peer_id()),
+            Some(signer.verifying_key().to_bytes())
+        );
     }
 
     #[test]
@@ -429,9 +575,11 @@ mod tests {
         b[0] = 9;
         assert_eq!(decode_request(&b), Err(WireError::Version(9)));
         assert!(matches!(
-            decode_request(&[1, 200, 3]),
+            decode_request(&[WIRE_VERSION, 200, 3]),
             Err(WireError::Malformed(_))
         ));
+        // A version-1 frame (before audiences and contracts) is refused as such.
+        assert_eq!(decode_request(&[1, 0]), Err(WireError::Version(1)));
         assert!(matches!(decode_request(&[]), Err(WireError::Malformed(_))));
     }
 
@@ -439,7 +587,7 @@ mod tests {
         #[test]
         fn requests_round_trip(data in proptest::collection::vec(any::<u8>(), 0..256), seed in any::<[u8; 32]>()) {
             let k = SigningKey::from_bytes(&seed);
-            let env = Envelope::sign(&k, Op::Store { shard: ShardId(*blake3::hash(&data).as_bytes()), len: data.len() as u64 });
+            let env = Envelope::sign(&k, AUD, Op::Store { shard: ShardId(*blake3::hash(&data).as_bytes()), len: data.len() as u64 });
             let r = Request::Store { env, data };
             prop_assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
         }

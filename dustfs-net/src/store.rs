@@ -17,12 +17,17 @@ use crate::protocol::{self, Envelope, Op, Request, Response, WireError};
 /// How long a supplier that could not be reached is skipped without trying.
 const DEAD_FOR: Duration = Duration::from_secs(10);
 
+/// How long a contract asked for lasts; it is renewed when less than half is left.
+const CONTRACT_TERM_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// A [`ShardStore`] backed by a libp2p node.
 pub struct NetStore {
     node: Node,
     key: SigningKey,
     rt: tokio::runtime::Handle,
     dead: Mutex<HashMap<PeerId, Instant>>,
+    /// Contracts granted (and verified): supplier → (quota, expiry in Unix ms).
+    contracts: Mutex<HashMap<PeerId, (u64, u64)>>,
 }
 
 impl NetStore {
@@ -33,6 +38,61 @@ impl NetStore {
             key,
             rt,
             dead: Mutex::new(HashMap::new()),
+            contracts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Signs `op` for `supplier` (its key is the audience).
+    fn sign(&self, supplier: &SupplierId, op: Op) -> Result<Envelope, StoreError> {
+        let audience = supplier
+            .parse::<PeerId>()
+            .ok()
+            .and_then(|p| protocol::peer_key(&p))
+            .ok_or_else(|| StoreError::Refused(format!("supplier id {supplier} has no key")))?;
+        Ok(Envelope::sign(&self.key, audience, op))
+    }
+
+    /// Makes sure a live contract with `supplier` exists: asks for one with the quota the
+    /// supplier offers (from `Usage`), checks the supplier's signature over the terms, and
+    /// renews it when less than half its term is left. Returns the contracted quota.
+    pub fn ensure_contract(&self, supplier: &SupplierId) -> Result<u64, StoreError> {
+        let peer: PeerId = supplier
+            .parse()
+            .map_err(|_| StoreError::Refused(format!("bad supplier id {supplier}")))?;
+        let now = protocol::now_ms();
+        if let Some((quota, until)) = lock(&self.contracts).get(&peer).copied()
+            && until > now + CONTRACT_TERM_MS / 2
+        {
+            return Ok(quota);
+        }
+        let offered = match self.call(
+            supplier,
+            &Request::Usage {
+                customer: self.customer(),
+            },
+        )? {
+            Response::Usage { quota, .. } => quota,
+            Response::Error(e) => return Err(refusal(e)),
+            _ => return Err(StoreError::Refused("unexpected answer to usage".into())),
+        };
+        let expires_ms = now + CONTRACT_TERM_MS;
+        let env = self.sign(
+            supplier,
+            Op::Contract {
+                quota: offered,
+                expires_ms,
+            },
+        )?;
+        match self.call(supplier, &Request::Contract(env.clone()))? {
+            Response::ContractGranted(grant) => {
+                env.verify_grant(&grant).map_err(|_| {
+                    StoreError::Refused(format!("{supplier} granted a contract it did not sign"))
+                })?;
+                lock(&self.contracts).insert(peer, (offered, expires_ms));
+                Ok(offered)
+            }
+            Response::Error(e) => Err(refusal(e)),
+            _ => Err(StoreError::Refused("unexpected answer to contract".into())),
         }
     }
 
@@ -77,7 +137,7 @@ impl NetStore {
         device: [u8; 32],
         ttl_ms: u64,
     ) -> Result<LeaseAnswer, StoreError> {
-        let env = Envelope::sign(&self.key, Op::Lease { device, ttl_ms });
+        let env = self.sign(supplier, Op::Lease { device, ttl_ms })?;
         match self.call(supplier, &Request::Lease(env))? {
             Response::LeaseGranted => Ok(LeaseAnswer::Granted),
             Response::LeaseHeld {
@@ -88,10 +148,7 @@ impl NetStore {
                 remaining_ms,
             }),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 }
@@ -112,10 +169,20 @@ pub enum LeaseAnswer {
 
 fn refusal(e: WireError) -> StoreError {
     match e {
-        WireError::Quota => StoreError::Quota,
+        WireError::Quota | WireError::Full => StoreError::Quota,
         WireError::NotFound => StoreError::NotFound,
+        // Rate limited: like an unreachable supplier, try later or elsewhere.
+        WireError::Busy => StoreError::Unreachable(WireError::Busy.to_string()),
         other => StoreError::Refused(other.to_string()),
     }
+}
+
+fn unexpected(r: &Response) -> StoreError {
+    StoreError::Refused(format!("unexpected answer {:?}", std::mem::discriminant(r)))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ShardStore for NetStore {
@@ -135,24 +202,34 @@ impl ShardStore for NetStore {
     }
 
     fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
-        let env = Envelope::sign(
-            &self.key,
-            Op::Store {
-                shard: *id,
-                len: bytes.len() as u64,
-            },
-        );
-        match self.call(
-            supplier,
-            &Request::Store {
-                env,
-                data: bytes.to_vec(),
-            },
-        )? {
-            Response::Stored => Ok(()),
-            Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!("unexpected answer {other:?}"))),
+        // One retry: a supplier that lost or let our contract lapse says so, and we ask again.
+        for attempt in 0..2 {
+            self.ensure_contract(supplier)?;
+            let env = self.sign(
+                supplier,
+                Op::Store {
+                    shard: *id,
+                    len: bytes.len() as u64,
+                },
+            )?;
+            match self.call(
+                supplier,
+                &Request::Store {
+                    env,
+                    data: bytes.to_vec(),
+                },
+            )? {
+                Response::Stored => return Ok(()),
+                Response::Error(WireError::NoContract) if attempt == 0 => {
+                    if let Ok(p) = supplier.parse::<PeerId>() {
+                        lock(&self.contracts).remove(&p);
+                    }
+                }
+                Response::Error(e) => return Err(refusal(e)),
+                other => return Err(unexpected(&other)),
+            }
         }
+        Err(refusal(WireError::NoContract))
     }
 
     fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError> {
@@ -166,10 +243,7 @@ impl ShardStore for NetStore {
         )? {
             Response::Shard(b) => Ok(b),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -191,10 +265,7 @@ impl ShardStore for NetStore {
         )? {
             Response::Proof(b) => Ok(b),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -207,22 +278,16 @@ impl ShardStore for NetStore {
         )? {
             Response::Usage { used, quota } => Ok((used, quota)),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
     fn list(&self, supplier: &SupplierId) -> Result<Vec<ShardId>, StoreError> {
-        let env = Envelope::sign(&self.key, Op::List);
+        let env = self.sign(supplier, Op::List)?;
         match self.call(supplier, &Request::List(env))? {
             Response::List(ids) => Ok(ids),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -236,22 +301,16 @@ impl ShardStore for NetStore {
         )? {
             Response::RootKept => Ok(()),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
     fn delete_root(&self, supplier: &SupplierId, seq: u64) -> Result<(), StoreError> {
-        let env = Envelope::sign(&self.key, Op::DeleteRoot { seq });
+        let env = self.sign(supplier, Op::DeleteRoot { seq })?;
         match self.call(supplier, &Request::DeleteRoot(env))? {
             Response::Deleted => Ok(()),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -264,22 +323,16 @@ impl ShardStore for NetStore {
         )? {
             Response::Roots(v) => Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect()),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
-        let env = Envelope::sign(&self.key, Op::Delete { shard: *id });
+        let env = self.sign(supplier, Op::Delete { shard: *id })?;
         match self.call(supplier, &Request::Delete(env))? {
             Response::Deleted => Ok(()),
             Response::Error(e) => Err(refusal(e)),
-            other => Err(StoreError::Refused(format!(
-                "unexpected answer {:?}",
-                std::mem::discriminant(&other)
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 }

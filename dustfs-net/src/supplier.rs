@@ -3,7 +3,9 @@
 //!
 //! Layout: `ROOT/<customer hex>/<shard hex>`; writes go to `ROOT/tmp/`, are fsync'd, renamed
 //! into place and the directory fsync'd before the request is acknowledged (as Garage writes
-//! its block files), so an acknowledged shard survives a crash of the supplier.
+//! its block files), so an acknowledged shard survives a crash of the supplier. Root records
+//! live in `ROOT/roots/<customer hex>/<seq>`, contracts in `ROOT/contracts/<customer hex>`
+//! (the customer's signed request and this supplier's grant).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
@@ -12,9 +14,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use dustfs_core::shard::ShardId;
+use ed25519_dalek::{Signer, SigningKey};
 use tracing::{debug, warn};
 
-use crate::protocol::{self, Envelope, MAX_SHARD, MAX_SKEW_MS, Op, Request, Response, WireError};
+use crate::protocol::{
+    self, Envelope, MAX_CONTRACT_MS, MAX_SHARD, MAX_SKEW_MS, Op, Request, Response, WireError,
+};
+
+/// Customers with a contract at most (one contract each).
+const MAX_CONTRACTS: usize = 100_000;
+
+/// Directories under the store's root that are not customers' shard directories.
+const NOT_CUSTOMERS: [&str; 3] = ["tmp", "roots", "contracts"];
 
 /// Writer leases kept at most (expired ones are dropped first).
 const MAX_LEASES: usize = 100_000;
@@ -30,6 +41,10 @@ const MAX_NONCES: usize = 1_000_000;
 pub struct ShardDir {
     root: PathBuf,
     quota: u64,
+    /// The node's key: requests must name its public half as their audience, and it signs
+    /// contract grants.
+    key: SigningKey,
+    me: [u8; 32],
     fault: Fault,
     state: Mutex<DirState>,
 }
@@ -82,6 +97,8 @@ struct DirState {
     leases: HashMap<[u8; 32], ([u8; 32], std::time::Instant)>,
     seen: HashSet<[u8; 16]>,
     seen_order: VecDeque<(u64, [u8; 16])>,
+    /// Contracts read from disk or granted: customer → (quota, expiry in Unix ms).
+    contracts: HashMap<[u8; 32], (u64, u64)>,
 }
 
 /// Counters of what a supplier holds, for tests and status.
@@ -94,9 +111,11 @@ pub struct DirUsage {
 }
 
 impl ShardDir {
-    /// Opens (creating) a store under `root` granting each customer `quota` bytes.
-    pub fn open(root: &Path, quota: u64) -> std::io::Result<Self> {
+    /// Opens (creating) a store under `root` offering each customer a contract of up to
+    /// `quota` bytes; `key` is the node's identity key.
+    pub fn open(root: &Path, quota: u64, key: SigningKey) -> std::io::Result<Self> {
         fs::create_dir_all(root.join("tmp"))?;
+        fs::create_dir_all(root.join("contracts"))?;
         // Leftovers of writes interrupted by a crash were never acknowledged.
         for e in fs::read_dir(root.join("tmp"))?.flatten() {
             let _ = fs::remove_file(e.path());
@@ -104,6 +123,8 @@ impl ShardDir {
         Ok(Self {
             root: root.to_path_buf(),
             quota,
+            me: key.verifying_key().to_bytes(),
+            key,
             fault: Fault::Honest,
             state: Mutex::new(DirState::default()),
         })
@@ -143,7 +164,7 @@ impl ShardDir {
         if let Ok(rd) = fs::read_dir(&self.root) {
             for d in rd
                 .flatten()
-                .filter(|d| d.file_name() != "tmp" && d.file_name() != "roots")
+                .filter(|d| !NOT_CUSTOMERS.iter().any(|n| d.file_name() == *n))
             {
                 for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
                     u.shards += 1;
@@ -154,9 +175,12 @@ impl ShardDir {
         u
     }
 
-    /// Checks signature, time window and nonce of a signed request.
+    /// Checks signature, audience, time window and nonce of a signed request.
     fn admit(&self, env: &Envelope) -> Result<(), WireError> {
         env.verify()?;
+        if env.signed.audience != self.me {
+            return Err(WireError::WrongAudience);
+        }
         let now = protocol::now_ms();
         let ts = env.signed.timestamp_ms;
         if ts + MAX_SKEW_MS < now || ts > now + MAX_SKEW_MS {
@@ -208,6 +232,7 @@ impl ShardDir {
                     return Err(WireError::HashMismatch);
                 }
                 self.admit(&env)?;
+                self.contract_quota(&env.signed.customer)?;
                 if self.fault != Fault::Drop {
                     self.store(&env.signed.customer, &shard, &data)?;
                 }
@@ -370,13 +395,112 @@ impl ShardDir {
                 ))
             }
             Request::Usage { customer } => {
+                // The contracted quota, or what a new contract would grant.
+                let quota = self.contract_quota(&customer).unwrap_or(self.quota);
                 let mut st = self.lock();
                 Ok(Response::Usage {
                     used: self.used(&mut st, &customer),
-                    quota: self.quota,
+                    quota,
                 })
             }
+            Request::Contract(env) => {
+                let Op::Contract { quota, expires_ms } = env.signed.op else {
+                    return Err(WireError::Malformed(
+                        "contract request with another operation".into(),
+                    ));
+                };
+                self.admit(&env)?;
+                let now = protocol::now_ms();
+                if quota > self.quota {
+                    return Err(WireError::Quota);
+                }
+                if expires_ms <= now || expires_ms > now + MAX_CONTRACT_MS {
+                    return Err(WireError::Malformed("contract term out of range".into()));
+                }
+                let customer = env.signed.customer;
+                {
+                    let mut st = self.lock();
+                    if !st.contracts.contains_key(&customer) && st.contracts.len() >= MAX_CONTRACTS
+                    {
+                        st.contracts.retain(|_, (_, until)| *until > now);
+                        if st.contracts.len() >= MAX_CONTRACTS {
+                            return Err(WireError::Full);
+                        }
+                    }
+                }
+                let grant = self.key.sign(&env.grant_bytes()).to_bytes().to_vec();
+                let record = postcard::to_allocvec(&(&env, &grant))
+                    .map_err(|e| WireError::Internal(e.to_string()))?;
+                self.write_atomic(&self.contract_path(&customer), &record)?;
+                self.lock().contracts.insert(customer, (quota, expires_ms));
+                Ok(Response::ContractGranted(grant))
+            }
         }
+    }
+
+    fn contract_path(&self, customer: &[u8; 32]) -> PathBuf {
+        self.root.join("contracts").join(hex::encode(customer))
+    }
+
+    /// The quota of the customer's live contract ([`WireError::NoContract`] without one).
+    /// Contracts are read from disk on first use, checked again as they were at grant time.
+    fn contract_quota(&self, customer: &[u8; 32]) -> Result<u64, WireError> {
+        let now = protocol::now_ms();
+        if let Some((quota, until)) = self.lock().contracts.get(customer).copied() {
+            return if until > now {
+                Ok(quota)
+            } else {
+                Err(WireError::NoContract)
+            };
+        }
+        let Ok(bytes) = fs::read(self.contract_path(customer)) else {
+            return Err(WireError::NoContract);
+        };
+        let Ok((env, grant)) = postcard::from_bytes::<(Envelope, Vec<u8>)>(&bytes) else {
+            warn!("unreadable contract file; treating the customer as without contract");
+            return Err(WireError::NoContract);
+        };
+        let Op::Contract { quota, expires_ms } = env.signed.op else {
+            return Err(WireError::NoContract);
+        };
+        if env.signed.customer != *customer
+            || env.verify().is_err()
+            || env.verify_grant(&grant).is_err()
+            || env.signed.audience != self.me
+        {
+            warn!("contract file does not verify; treating the customer as without contract");
+            return Err(WireError::NoContract);
+        }
+        let mut st = self.lock();
+        if st.contracts.len() < MAX_CONTRACTS {
+            st.contracts.insert(*customer, (quota, expires_ms));
+        }
+        if expires_ms > now {
+            Ok(quota)
+        } else {
+            Err(WireError::NoContract)
+        }
+    }
+
+    /// Writes a small file crash-safely (temporary file, fsync, rename, directory fsync).
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), WireError> {
+        let mut nonce = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let tmp = self.root.join("tmp").join(hex::encode(nonce));
+        let r = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            match path.parent() {
+                Some(d) => fs::File::open(d)?.sync_all(),
+                None => Ok(()),
+            }
+        })();
+        r.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_refusal(e)
+        })
     }
 
     fn roots_dir(&self, customer: &[u8; 32]) -> PathBuf {
@@ -390,21 +514,10 @@ impl ShardDir {
             return Err(WireError::Malformed("root record".into()));
         };
         let dir = self.roots_dir(customer);
-        let internal = |e: std::io::Error| WireError::Internal(e.to_string());
-        fs::create_dir_all(&dir).map_err(internal)?;
-        let mut nonce = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let tmp = self.root.join("tmp").join(hex::encode(nonce));
-        (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(record)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dir.join(format!("{seq:020}")))?;
-            fs::File::open(&dir)?.sync_all()
-        })()
-        .map_err(internal)?;
+        fs::create_dir_all(&dir).map_err(io_refusal)?;
+        self.write_atomic(&dir.join(format!("{seq:020}")), record)?;
         let mut names: Vec<_> = fs::read_dir(&dir)
-            .map_err(internal)?
+            .map_err(io_refusal)?
             .flatten()
             .map(|e| e.file_name())
             .collect();
@@ -436,52 +549,62 @@ impl ShardDir {
     fn store(&self, customer: &[u8; 32], shard: &ShardId, data: &[u8]) -> Result<(), WireError> {
         let dir = self.customer_dir(customer);
         let path = dir.join(shard.to_hex());
-        let internal = |e: std::io::Error| {
-            warn!(error = %e, "shard write failed");
-            WireError::Internal(e.to_string())
-        };
         if path.exists() {
             return Ok(());
         }
+        let quota = self.contract_quota(customer)?;
         {
             // Reserve the space first so concurrent stores cannot overshoot the quota.
             let mut st = self.lock();
             let used = self.used(&mut st, customer);
-            if used + data.len() as u64 > self.quota {
+            if used + data.len() as u64 > quota {
                 return Err(WireError::Quota);
             }
             st.used.insert(*customer, used + data.len() as u64);
         }
-        let result = (|| {
-            fs::create_dir_all(&dir)?;
-            let mut nonce = [0u8; 8];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-            let tmp = self.root.join("tmp").join(hex::encode(nonce));
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&dir)?.sync_all()
-        })();
+        let result = fs::create_dir_all(&dir)
+            .map_err(io_refusal)
+            .and_then(|()| self.write_atomic(&path, data));
         if let Err(e) = result {
+            warn!(error = %e, "shard write failed");
             let mut st = self.lock();
             if let Some(u) = st.used.get_mut(customer) {
                 *u = u.saturating_sub(data.len() as u64);
             }
-            return Err(internal(e));
+            return Err(e);
         }
         Ok(())
+    }
+}
+
+/// A disk error as a refusal: a full disk is [`WireError::Full`], the rest internal.
+fn io_refusal(e: std::io::Error) -> WireError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => WireError::Full,
+        _ => WireError::Internal(e.to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::SigningKey;
+
+    const SUPPLIER: [u8; 32] = [50; 32];
+
+    fn open(dir: &Path, quota: u64) -> ShardDir {
+        ShardDir::open(dir, quota, SigningKey::from_bytes(&SUPPLIER)).unwrap()
+    }
+
+    fn me() -> [u8; 32] {
+        SigningKey::from_bytes(&SUPPLIER).verifying_key().to_bytes()
+    }
+
+    fn signed(key: &SigningKey, op: Op) -> Envelope {
+        Envelope::sign(key, me(), op)
+    }
 
     fn store_req(key: &SigningKey, data: &[u8]) -> Vec<u8> {
-        let env = Envelope::sign(
+        let env = signed(
             key,
             Op::Store {
                 shard: ShardId::of(data),
@@ -494,6 +617,24 @@ mod tests {
         })
     }
 
+    fn contract(d: &ShardDir, key: &SigningKey, quota: u64) -> Response {
+        let env = signed(
+            key,
+            Op::Contract {
+                quota,
+                expires_ms: protocol::now_ms() + 3_600_000,
+            },
+        );
+        let r = answer(
+            d,
+            &protocol::encode_request(&Request::Contract(env.clone())),
+        );
+        if let Response::ContractGranted(g) = &r {
+            env.verify_grant(g).unwrap();
+        }
+        r
+    }
+
     fn answer(d: &ShardDir, frame: &[u8]) -> Response {
         protocol::decode_response(&d.handle(frame)).unwrap()
     }
@@ -501,9 +642,20 @@ mod tests {
     #[test]
     fn stores_fetches_and_refuses_what_it_must() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = ShardDir::open(tmp.path(), 100).unwrap();
+        let d = open(tmp.path(), 100);
         let k = SigningKey::from_bytes(&[1; 32]);
         let c = k.verifying_key().to_bytes();
+        // No contract, no storage.
+        assert_eq!(
+            answer(&d, &store_req(&k, b"shard one")),
+            Response::Error(WireError::NoContract)
+        );
+        // A contract over what the supplier offers is refused; within it, granted.
+        assert_eq!(contract(&d, &k, 101), Response::Error(WireError::Quota));
+        assert!(matches!(
+            contract(&d, &k, 100),
+            Response::ContractGranted(_)
+        ));
         let req = store_req(&k, b"shard one");
         assert_eq!(answer(&d, &req), Response::Stored);
         // the same signed request again is a replay
@@ -523,7 +675,7 @@ mod tests {
             Response::Error(WireError::Quota)
         );
         // bytes that do not match the signed id
-        let env = Envelope::sign(
+        let env = signed(
             &k,
             Op::Store {
                 shard: ShardId::of(b"a"),
@@ -536,14 +688,20 @@ mod tests {
         });
         assert_eq!(answer(&d, &bad), Response::Error(WireError::HashMismatch));
         // stale timestamp
-        let env = Envelope::sign_with(&k, Op::List, 1000, [3; 16]);
+        let env = Envelope::sign_with(&k, me(), Op::List, 1000, [3; 16]);
         assert_eq!(
             answer(&d, &protocol::encode_request(&Request::List(env))),
             Response::Error(WireError::Expired)
         );
+        // a request signed for another supplier
+        let env = Envelope::sign(&k, [9; 32], Op::List);
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&Request::List(env))),
+            Response::Error(WireError::WrongAudience)
+        );
         // another customer cannot delete it
         let thief = SigningKey::from_bytes(&[2; 32]);
-        let mut env = Envelope::sign(
+        let mut env = signed(
             &thief,
             Op::Delete {
                 shard: ShardId::of(b"shard one"),
@@ -560,11 +718,11 @@ mod tests {
         );
         // malformed input
         assert!(matches!(
-            answer(&d, b"\x01\xff\xff"),
+            answer(&d, b"\x02\xff\xff"),
             Response::Error(WireError::Malformed(_))
         ));
         // the owner can
-        let env = Envelope::sign(
+        let env = signed(
             &k,
             Op::Delete {
                 shard: ShardId::of(b"shard one"),
@@ -579,5 +737,52 @@ mod tests {
             Response::Error(WireError::NotFound)
         );
         assert_eq!(d.usage().bytes, 0);
+    }
+
+    #[test]
+    fn contracts_survive_a_restart_and_a_tampered_one_is_void() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k = SigningKey::from_bytes(&[1; 32]);
+        {
+            let d = open(tmp.path(), 1000);
+            assert!(matches!(
+                contract(&d, &k, 1000),
+                Response::ContractGranted(_)
+            ));
+        }
+        let d = open(tmp.path(), 1000);
+        assert_eq!(
+            answer(&d, &store_req(&k, b"after restart")),
+            Response::Stored
+        );
+        let usage = Request::Usage {
+            customer: k.verifying_key().to_bytes(),
+        };
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&usage)),
+            Response::Usage {
+                used: 13,
+                quota: 1000
+            }
+        );
+        drop(d);
+        // Someone with access to the disk raises the quota in the file: the grant no longer
+        // verifies, so the contract is void.
+        let path = tmp
+            .path()
+            .join("contracts")
+            .join(hex::encode(k.verifying_key().to_bytes()));
+        let (mut env, grant): (Envelope, Vec<u8>) =
+            postcard::from_bytes(&fs::read(&path).unwrap()).unwrap();
+        env.signed.op = Op::Contract {
+            quota: u64::MAX,
+            expires_ms: u64::MAX,
+        };
+        fs::write(&path, postcard::to_allocvec(&(&env, &grant)).unwrap()).unwrap();
+        let d = open(tmp.path(), 1000);
+        assert_eq!(
+            answer(&d, &store_req(&k, b"tampered")),
+            Response::Error(WireError::NoContract)
+        );
     }
 }

@@ -15,13 +15,15 @@ use ed25519_dalek::SigningKey;
 
 async fn pair(transport: &str) -> (Node, Node, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = Arc::new(ShardDir::open(tmp.path(), 64 << 20).unwrap());
+    let keypair = Keypair::generate_ed25519();
+    let signer = protocol::signing_key_of(&keypair).unwrap();
+    let dir = Arc::new(ShardDir::open(tmp.path(), 64 << 20, signer).unwrap());
     let listen: Multiaddr = match transport {
         "tcp" => "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
         _ => "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
     };
     let supplier = Node::start(NodeConfig {
-        keypair: Keypair::generate_ed25519(),
+        keypair,
         listen: vec![listen],
         bootstrap: vec![],
         supplier: Some(dir),
@@ -49,9 +51,10 @@ async fn ask(c: &Node, s: &Node, frame: Vec<u8>) -> Response {
     protocol::decode_response(&resp).expect("a well-formed response")
 }
 
-fn store(key: &SigningKey, data: &[u8]) -> Request {
+fn store(key: &SigningKey, to: &Node, data: &[u8]) -> Request {
     let env = Envelope::sign(
         key,
+        audience(to),
         Op::Store {
             shard: ShardId::of(data),
             len: data.len() as u64,
@@ -63,6 +66,10 @@ fn store(key: &SigningKey, data: &[u8]) -> Request {
     }
 }
 
+fn audience(n: &Node) -> [u8; 32] {
+    protocol::peer_key(&n.peer_id).unwrap()
+}
+
 async fn scenario(transport: &str) {
     let (s, c, _tmp) = pair(transport).await;
     let key = SigningKey::from_bytes(&[9; 32]);
@@ -70,14 +77,14 @@ async fn scenario(transport: &str) {
 
     // Malformed bytes, an unknown version, an unsigned and a forged store: all refused.
     assert!(matches!(
-        ask(&c, &s, vec![1, 0xff, 0xff, 0xff]).await,
+        ask(&c, &s, vec![protocol::WIRE_VERSION, 0xff, 0xff, 0xff]).await,
         Response::Error(WireError::Malformed(_))
     ));
     assert_eq!(
         ask(&c, &s, vec![77, 0]).await,
         Response::Error(WireError::Version(77))
     );
-    let Request::Store { mut env, data: d } = store(&key, &data) else {
+    let Request::Store { mut env, data: d } = store(&key, &s, &data) else {
         unreachable!()
     };
     env.signature = vec![0; 64];
@@ -86,7 +93,7 @@ async fn scenario(transport: &str) {
         ask(&c, &s, unsigned).await,
         Response::Error(WireError::BadSignature)
     );
-    let Request::Store { mut env, data: d } = store(&key, &data) else {
+    let Request::Store { mut env, data: d } = store(&key, &s, &data) else {
         unreachable!()
     };
     env.signed.customer = SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes();
@@ -96,14 +103,38 @@ async fn scenario(transport: &str) {
         Response::Error(WireError::BadSignature)
     );
     // An oversized shard.
-    let huge = store(&key, &vec![1u8; MAX_SHARD + 1]);
+    let huge = store(&key, &s, &vec![1u8; MAX_SHARD + 1]);
     assert_eq!(
         ask(&c, &s, protocol::encode_request(&huge)).await,
         Response::Error(WireError::TooLarge)
     );
 
+    // Without a contract nothing is stored; the customer asks for one and checks the grant.
+    assert_eq!(
+        ask(&c, &s, protocol::encode_request(&store(&key, &s, &data))).await,
+        Response::Error(WireError::NoContract)
+    );
+    let env = Envelope::sign(
+        &key,
+        audience(&s),
+        Op::Contract {
+            quota: 64 << 20,
+            expires_ms: protocol::now_ms() + 60_000,
+        },
+    );
+    let Response::ContractGranted(grant) = ask(
+        &c,
+        &s,
+        protocol::encode_request(&Request::Contract(env.clone())),
+    )
+    .await
+    else {
+        panic!("contract refused")
+    };
+    env.verify_grant(&grant).unwrap();
+
     // The supplier still serves honest requests.
-    let good = protocol::encode_request(&store(&key, &data));
+    let good = protocol::encode_request(&store(&key, &s, &data));
     assert_eq!(ask(&c, &s, good.clone()).await, Response::Stored);
     assert_eq!(ask(&c, &s, good).await, Response::Error(WireError::Replay));
     let fetch = Request::Fetch {
@@ -128,27 +159,115 @@ async fn bad_requests_are_refused_over_quic_and_the_supplier_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_put_in_the_dht_by_one_node_is_found_by_another() {
+async fn only_genuine_root_records_put_by_others_are_kept_in_the_dht() {
+    use dustfs_core::keys::MasterSecret;
+    use dustfs_core::root::RootRecord;
     let (s, c, _tmp) = pair("tcp").await;
-    // Let the customer's bootstrap connection and routing settle.
-    let key = dustfs_net::host::root_key(&[7u8; 32]);
-    let mut stored = false;
+    let keys = MasterSecret::from_bytes(&[7; 32]).unwrap().derive();
+    let user = keys.signing.verifying_key().to_bytes();
+    let key = dustfs_net::host::root_key(&user);
+    let record = |seq: u64| {
+        RootRecord {
+            user,
+            seq,
+            time_ms: 1,
+            manifest: vec![seq as u8; 100],
+        }
+        .sign(&keys)
+    };
+    let put = |value: Vec<u8>| {
+        let (c, key) = (c.clone(), key.clone());
+        async move {
+            for _ in 0..50 {
+                if c.put_record(key.clone(), value.clone()).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("the record was never sent to a peer");
+        }
+    };
+    // What the other node keeps, once it holds `want` (puts are acknowledged before the
+    // receiving node has filed them), or after 3 s.
+    let kept = |want: Option<Vec<u8>>| {
+        let (s, key) = (s.clone(), key.clone());
+        async move {
+            for _ in 0..30 {
+                let v = s.local_record(key.clone()).await;
+                if v == want {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s.local_record(key).await
+        }
+    };
+    // A genuine record is kept by the other node, and found through the DHT.
+    put(record(5)).await;
+    assert_eq!(kept(Some(record(5))).await, Some(record(5)));
+    assert!(s.get_records(key.clone()).await.contains(&record(5)));
+    // Garbage, a forged signature and an older (replayed) record do not replace it.
+    put(b"root record v1".to_vec()).await;
+    let mut forged = record(9);
+    let at = forged.len() - 3;
+    forged[at] ^= 1;
+    put(forged).await;
+    put(record(4)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(kept(None).await, Some(record(5)));
+    // A newer genuine one does.
+    put(record(6)).await;
+    assert_eq!(kept(Some(record(6))).await, Some(record(6)));
+    // Records under keys that are not dustfs root keys are not kept at all.
+    let other = b"/someone/else".to_vec();
     for _ in 0..50 {
-        if c.put_record(key.clone(), b"root record v1".to_vec())
-            .await
-            .is_ok()
-        {
-            stored = true;
+        if c.put_record(other.clone(), b"x".to_vec()).await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(stored, "the record was never stored on a peer");
-    let found = s.get_records(key.clone()).await;
-    assert!(found.iter().any(|v| v == b"root record v1"), "{found:?}");
-    assert!(
-        c.get_records(dustfs_net::host::root_key(&[8u8; 32]))
-            .await
-            .is_empty()
-    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.local_record(other).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_slowed_down_and_others_are_still_served() {
+    let (s, c, _tmp) = pair("tcp").await;
+    let usage = protocol::encode_request(&Request::Usage { customer: [1; 32] });
+    // Far more requests than the per-peer rate allows (400/s, bursts of 800), 50 at a time.
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        answers
+            .extend(futures::future::join_all((0..50).map(|_| ask(&c, &s, usage.clone()))).await);
+    }
+    let busy = answers
+        .iter()
+        .filter(|a| **a == Response::Error(WireError::Busy))
+        .count();
+    let served = answers
+        .iter()
+        .filter(|a| matches!(a, Response::Usage { .. }))
+        .count();
+    assert!(busy > 0, "no request was refused as busy");
+    assert!(served >= 800, "only {served} requests were served");
+    assert_eq!(busy + served, answers.len());
+    // Another peer is served meanwhile, and the flooder again once it slows down.
+    let other = Node::start(NodeConfig {
+        keypair: Keypair::generate_ed25519(),
+        listen: vec![],
+        bootstrap: vec![
+            format!("{}/p2p/{}", s.listen_addrs()[0], s.peer_id)
+                .parse()
+                .unwrap(),
+        ],
+        supplier: None,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        ask(&other, &s, usage.clone()).await,
+        Response::Usage { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(ask(&c, &s, usage).await, Response::Usage { .. }));
 }

@@ -29,12 +29,15 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Starts the node of a home (always a supplier too: every peer is client and server).
 pub async fn start_node(home: &Home, cfg: &Config, fault: Fault) -> Result<Node> {
+    let keypair = home.node_key()?;
+    let signer = dustfs_net::protocol::signing_key_of(&keypair)
+        .context("the node key is not an Ed25519 key")?;
     let dir = Arc::new(
-        ShardDir::open(&home.path("shards"), cfg.supplier.quota_mb << 20)
+        ShardDir::open(&home.path("shards"), cfg.supplier.quota_mb << 20, signer)
             .context("opening the shard store")?
             .with_fault(fault),
     );
-    start_node_as(home, cfg, home.node_key()?, Some(dir)).await
+    start_node_as(home, cfg, keypair, Some(dir)).await
 }
 
 /// Starts a node with a given network key, supplier or not. Only the home's own node (the
