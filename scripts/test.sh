@@ -8,3 +8,6 @@ bash scripts/install-deps.sh
 cargo build --workspace --all-targets
 # Two test threads: each end-to-end test runs a 6-node testnet plus a mount on this machine.
 cargo test --workspace -- --test-threads=2
+# Every fuzz target (decoders of untrusted bytes) for a short smoke run; longer runs:
+# scripts/fuzz.sh 600.
+bash scripts/fuzz.sh 15

@@ -58,10 +58,10 @@ impl MasterSecret {
         &self.0
     }
 
-    /// The paper key: 24 BIP-39 words.
-    pub fn paper_key(&self) -> String {
+    /// The paper key: 24 BIP-39 words (wiped from memory when dropped).
+    pub fn paper_key(&self) -> zeroize::Zeroizing<String> {
         match bip39::Mnemonic::from_entropy(&self.0) {
-            Ok(m) => m.to_string(),
+            Ok(m) => zeroize::Zeroizing::new(m.to_string()),
             // 32 bytes is always a valid entropy length for BIP-39.
             Err(e) => unreachable!("32-byte entropy is valid BIP-39: {e}"),
         }
@@ -69,11 +69,13 @@ impl MasterSecret {
 
     /// Parses a paper key typed by a user; whitespace and case are forgiven, typos are not.
     pub fn from_paper_key(words: &str) -> Result<Self, KeyError> {
-        let normalized = words
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
+        let normalized = zeroize::Zeroizing::new(
+            words
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase(),
+        );
         let m = bip39::Mnemonic::parse_in_normalized(bip39::Language::English, &normalized)
             .map_err(|e| KeyError::PaperKey(e.to_string()))?;
         let mut entropy = m.to_entropy();

@@ -231,4 +231,36 @@ mod tests {
         assert_eq!(newest(vec![old], &user).0.unwrap().0.seq, 3);
         assert_eq!(RootRecord::peek_seq(&new), Some((7, user)));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn records_round_trip_and_any_flipped_byte_is_refused(
+            seq in proptest::prelude::any::<u64>(),
+            time_ms in proptest::prelude::any::<u64>(),
+            plain in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flip in proptest::prelude::any::<usize>(),
+        ) {
+            let k = MasterSecret::from_bytes(&[11; 32]).unwrap().derive();
+            let user = k.public().to_bytes();
+            let r = RootRecord { user, seq, time_ms, manifest: seal_manifest(&k, &plain) };
+            let bytes = r.sign(&k);
+            proptest::prop_assert_eq!(RootRecord::verify(&bytes, &user).unwrap(), r.clone());
+            proptest::prop_assert_eq!(RootRecord::peek_seq(&bytes), Some((seq, user)));
+            proptest::prop_assert_eq!(open_manifest(&k, &r.manifest).unwrap(), plain);
+            let mut bad = bytes.clone();
+            let at = flip % bad.len();
+            bad[at] ^= 0x40;
+            proptest::prop_assert!(RootRecord::verify(&bad, &user).is_err());
+        }
+
+        #[test]
+        fn garbage_is_refused_without_panicking(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+        ) {
+            let k = MasterSecret::from_bytes(&[11; 32]).unwrap().derive();
+            proptest::prop_assert!(RootRecord::verify(&b, &k.public().to_bytes()).is_err());
+            let _ = RootRecord::peek_seq(&b);
+            proptest::prop_assert!(open_manifest(&k, &b).is_err());
+        }
+    }
 }

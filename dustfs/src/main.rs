@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             all,
         } => {
             let home = Home::resolve(cli.home)?;
-            let paper = match paper_key_file {
+            let paper = zeroize::Zeroizing::new(match paper_key_file {
                 Some(f) => std::fs::read_to_string(&f)
                     .with_context(|| format!("reading {}", f.display()))?,
                 None => {
@@ -233,7 +233,7 @@ fn run(cli: Cli) -> Result<()> {
                     std::io::stdin().read_line(&mut line)?;
                     line
                 }
-            };
+            });
             let mut cfg = Config {
                 bootstrap: absolute_bootstrap(bootstrap)?,
                 ..Config::default()
@@ -404,7 +404,7 @@ fn init(home: &Home, bootstrap: Vec<String>, listen: Vec<String>) -> Result<()> 
     println!(
         "Write down this paper key and keep it safe. It is shown only now, and it alone restores everything:"
     );
-    println!("{}", secret.paper_key());
+    println!("{}", *secret.paper_key());
     Ok(())
 }
 

@@ -132,11 +132,27 @@ pub struct Testnet {
 
 impl Testnet {
     pub fn up(root: &Path, nodes: usize) -> Self {
+        Self::up_logging(root, nodes, "info,libp2p=warn,libp2p_kad=error")
+    }
+
+    /// A testnet whose nodes log at `rust_log` (`RUST_LOG` syntax) into `node-N/log`.
+    pub fn up_logging(root: &Path, nodes: usize, rust_log: &str) -> Self {
         let dir = root.join("net");
         ok(dustfs()
+            .env("RUST_LOG", rust_log)
             .args(["testnet", "up", "--nodes", &nodes.to_string(), "--dir"])
             .arg(&dir));
         Testnet { dir, nodes }
+    }
+
+    /// The address (with `/p2p/`) node `i` listens on first.
+    pub fn addr(&self, i: usize) -> String {
+        std::fs::read_to_string(self.node_dir(i).join("addrs"))
+            .expect("addrs file")
+            .lines()
+            .next()
+            .expect("an address")
+            .to_string()
     }
 
     pub fn bootstrap(&self) -> PathBuf {

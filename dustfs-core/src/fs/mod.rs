@@ -29,7 +29,10 @@ use crate::db::{self, DbError, Rdb, cf};
 use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
-pub use meta::{Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo, list_snapshots};
+pub use meta::{
+    Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo, check_stream, encode_stream_record,
+    list_snapshots,
+};
 pub use prune::{PrunePlan, PruneReport, Retention};
 pub use repair::{RepairBudget, RepairStatus};
 pub use types::*;
