@@ -330,7 +330,10 @@ impl Filesystem for DustFs {
             return reply.error(libc::EINVAL);
         }
         match self.engine.read(ino, offset as u64, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                reply.data(&d);
+                self.engine.read_ahead(ino, offset as u64, d.len() as u64);
+            }
             Err(e) => {
                 warn!(ino, offset, error = %e, "read failed");
                 reply.error(errno(&e))

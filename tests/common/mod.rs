@@ -219,12 +219,17 @@ impl Testnet {
     }
 }
 
-/// The shard files under one supplier's shard directory (staging files and root records
-/// aside), sorted.
+/// The shard files under one supplier's shard directory (staging files, root records and
+/// contracts aside), sorted.
 pub fn shard_files_in(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     walk_files(dir, &mut out);
-    out.retain(|p| !in_staging(p) && !p.components().any(|c| c.as_os_str() == "roots"));
+    out.retain(|p| {
+        !in_staging(p)
+            && !p
+                .components()
+                .any(|c| c.as_os_str() == "roots" || c.as_os_str() == "contracts")
+    });
     out.sort();
     out
 }

@@ -3,6 +3,7 @@
 //! fetching (and rebuilding) blocks from suppliers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use rocksdb::WriteBatch;
 use tracing::{debug, info, warn};
 
 use super::{
-    BlockRecord, ChunkLoc, Engine, EngineStatus, FsError, FsResult, META_NEXT_BLOCK, ShardRec,
+    BlockRecord, ChunkLoc, Engine, EngineStatus, FsError, FsResult, META_NEXT_BLOCK, ShardRec, Src,
     State, lock,
 };
 use crate::chunk::ChunkId;
@@ -40,6 +41,30 @@ pub(super) struct CacheIndex {
     blocks: HashMap<u64, (u64, u64)>,
     pinned: HashSet<u64>,
     bytes: u64,
+}
+
+/// Blocks fetched ahead of one sequential reader at most at once.
+const READAHEAD_BLOCKS: usize = 4;
+/// Files whose read position is remembered for readahead.
+const READAHEAD_FILES: usize = 256;
+
+/// Readahead state: where recent reads of each file ended, how far ahead blocks were already
+/// requested, and the blocks being fetched in the background.
+pub(super) struct Readahead {
+    /// ino → (end of the last read, offset up to which blocks were requested).
+    files: lru::LruCache<u64, (u64, u64)>,
+    in_flight: HashSet<u64>,
+}
+
+impl Default for Readahead {
+    fn default() -> Self {
+        Self {
+            files: lru::LruCache::new(
+                std::num::NonZeroUsize::new(READAHEAD_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            in_flight: HashSet::new(),
+        }
+    }
 }
 
 impl CacheIndex {
@@ -228,28 +253,129 @@ impl Engine {
                     });
             }
         }
-        if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::CACHE), db::key1(no))? {
-            lock(&self.cache).touch(no, v.len() as u64);
-            return v
-                .get(off..off + len)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
+        let mut waited = false;
+        loop {
+            if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::CACHE), db::key1(no))? {
+                lock(&self.cache).touch(no, v.len() as u64);
+                return v
+                    .get(off..off + len)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
+            }
+            if waited {
+                break;
+            }
+            // Being fetched ahead: wait for that fetch rather than fetching the block twice.
+            let mut ra = lock(&self.readahead.0);
+            if !ra.in_flight.contains(&no) {
+                break;
+            }
+            while ra.in_flight.contains(&no) {
+                ra = self.readahead.1.wait(ra).unwrap_or_else(|p| p.into_inner());
+            }
+            waited = true;
         }
-        let block = {
-            // Counted while it waits on the network, so background repair yields to it.
-            self.foreground_fetches.fetch_add(1, Ordering::SeqCst);
-            let r = self.fetch_block(no);
-            self.foreground_fetches.fetch_sub(1, Ordering::SeqCst);
-            r?
-        };
-        let out = block
+        let block = self.fetch_into_cache(no)?;
+        block
             .get(off..off + len)
             .map(<[u8]>::to_vec)
-            .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")));
+            .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")))
+    }
+
+    /// Fetches a block from suppliers for a reader and keeps it in the block cache.
+    fn fetch_into_cache(&self, no: u64) -> FsResult<Vec<u8>> {
+        // Counted while it waits on the network, so background repair yields to it.
+        self.foreground_fetches.fetch_add(1, Ordering::SeqCst);
+        let r = self.fetch_block(no);
+        self.foreground_fetches.fetch_sub(1, Ordering::SeqCst);
+        let block = r?;
         self.db.put_cf(&self.cf(cf::CACHE), db::key1(no), &block)?;
         lock(&self.cache).touch(no, block.len() as u64);
         self.evict()?;
-        out
+        Ok(block)
+    }
+
+    /// Readahead, called after each read of `[off, off + len)` of `ino`: while a file is read
+    /// sequentially, the blocks holding its next few MiB are fetched in the background (at
+    /// most [`READAHEAD_BLOCKS`] at once), so the network round trips of the next blocks
+    /// overlap with the reader's work on this one instead of following it.
+    pub fn read_ahead(self: &Arc<Self>, ino: u64, off: u64, len: u64) {
+        let window = READAHEAD_BLOCKS as u64 * self.cfg.block_size as u64;
+        let end = off + len;
+        {
+            let mut ra = lock(&self.readahead.0);
+            let (last_end, requested) = ra.files.get(&ino).copied().unwrap_or((0, 0));
+            let sequential = off == last_end;
+            let requested = if sequential { requested } else { 0 };
+            ra.files.put(ino, (end, requested.max(end)));
+            // Look ahead again once the reader is half way through what was requested.
+            if !sequential || end + window / 2 < requested {
+                return;
+            }
+            ra.files.put(ino, (end, end + window));
+        }
+        let blocks = match self.blocks_in(ino, end, end + window) {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(ino, error = %e, "readahead skipped");
+                return;
+            }
+        };
+        for no in blocks {
+            {
+                let mut ra = lock(&self.readahead.0);
+                if ra.in_flight.len() >= READAHEAD_BLOCKS {
+                    break;
+                }
+                if !ra.in_flight.insert(no) {
+                    continue;
+                }
+            }
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("dustfs-readahead".into())
+                .spawn(move || {
+                    if let Err(e) = me.fetch_into_cache(no) {
+                        debug!(block = no, error = %e, "readahead fetch failed");
+                    }
+                    lock(&me.readahead.0).in_flight.remove(&no);
+                    me.readahead.1.notify_all();
+                });
+            if spawned.is_err() {
+                lock(&self.readahead.0).in_flight.remove(&no);
+            }
+        }
+    }
+
+    /// Blocks, not cached and not open, that hold the chunks of `[from, to)` of `ino`, in
+    /// file order.
+    fn blocks_in(&self, ino: u64, from: u64, to: u64) -> FsResult<Vec<u64>> {
+        let (ids, open_no) = {
+            let mut st = lock(&self.state);
+            let ids: Vec<ChunkId> = self
+                .extents_in(&mut st, ino, from, to)?
+                .into_iter()
+                .filter_map(|(_, e)| match e.src {
+                    Src::Chunk { id, .. } => Some(id),
+                    Src::Dirty { .. } => None,
+                })
+                .collect();
+            (ids, st.open.no)
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(v) = self.db.get_cf(&self.cf(cf::CHUNKS), id.0)? else {
+                continue;
+            };
+            let loc: ChunkLoc = db::decode(cf::CHUNKS, &v)?;
+            if loc.block != open_no
+                && !out.contains(&loc.block)
+                && !lock(&self.cache).blocks.contains_key(&loc.block)
+            {
+                out.push(loc.block);
+            }
+        }
+        Ok(out)
     }
 
     /// Drops least recently used blocks (only those stored on suppliers) until the cache is

@@ -56,7 +56,7 @@ impl Engine {
     }
 
     /// The extents of `ino` overlapping `[start, end)`, in order.
-    fn extents_in(
+    pub(super) fn extents_in(
         &self,
         st: &mut State,
         ino: Ino,

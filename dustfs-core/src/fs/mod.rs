@@ -231,6 +231,8 @@ pub struct Engine {
     space: Mutex<Option<(Instant, (u64, u64))>>,
     /// Signalled when uploads progress or new blocks are queued.
     progress: (Mutex<u64>, Condvar),
+    /// Sequential readers and the blocks fetched ahead of them; signalled when a fetch ends.
+    readahead: (Mutex<blocks::Readahead>, Condvar),
     started: Instant,
 }
 
@@ -303,6 +305,7 @@ impl Engine {
             corrupt_shards: AtomicU64::new(0),
             space: Mutex::new(None),
             progress: (Mutex::new(0), Condvar::new()),
+            readahead: (Mutex::new(blocks::Readahead::default()), Condvar::new()),
             started: Instant::now(),
             cfg,
             db,

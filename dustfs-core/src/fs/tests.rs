@@ -1113,3 +1113,42 @@ fn suppliers_reached_only_through_a_relay_get_shards_only_when_no_better_choice_
     t.fs.cache_drop().unwrap();
     assert_eq!(t.read_all(ino), data);
 }
+
+#[test]
+fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
+    let t = setup(6, usize::MAX);
+    let data = random(40 << 20, 16);
+    let ino = t.file("a", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.fs.status().unwrap().cache_bytes, 0);
+    // The first read of a file counts as sequential: the next blocks are fetched ahead.
+    let first = t.fs.read(ino, 0, 1 << 20).unwrap();
+    assert_eq!(first, data[..1 << 20]);
+    let one_block = t.fs.status().unwrap().cache_bytes;
+    t.fs.read_ahead(ino, 0, 1 << 20);
+    let start = std::time::Instant::now();
+    while t.fs.status().unwrap().cache_bytes < one_block + 3 * (4 << 20) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "nothing was fetched ahead: {:?}",
+            t.fs.status().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Reading on while fetches run gives the same bytes.
+    let mut out = first;
+    while out.len() < data.len() {
+        let off = out.len() as u64;
+        let piece = t.fs.read(ino, off, 1 << 20).unwrap();
+        t.fs.read_ahead(ino, off, piece.len() as u64);
+        out.extend_from_slice(&piece);
+    }
+    assert_eq!(out, data);
+    // A random read does not trigger readahead.
+    t.fs.cache_drop().unwrap();
+    let _ = t.fs.read(ino, 30 << 20, 4096).unwrap();
+    t.fs.read_ahead(ino, 30 << 20, 4096);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(t.fs.status().unwrap().cache_bytes <= 2 * (4 << 20) + (1 << 20));
+}
