@@ -89,6 +89,15 @@ impl T {
         out
     }
 
+    fn assert_all_healthy(&self) {
+        let st = self.fs.status().unwrap();
+        assert_eq!(
+            st.blocks["healthy"],
+            st.blocks.values().sum::<u64>(),
+            "{st:?}"
+        );
+    }
+
     fn sync(&self) {
         self.fs.seal_all().unwrap();
         for _ in 0..1000 {
@@ -522,12 +531,7 @@ fn a_supplier_gone_past_its_grace_period_is_replaced_and_its_blocks_rebuilt() {
     assert!(t.fs.status().unwrap().blocks["degraded"] > 0);
     while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
     t.sync();
-    let st = t.fs.status().unwrap();
-    assert_eq!(
-        st.blocks["healthy"],
-        st.blocks.values().sum::<u64>(),
-        "{st:?}"
-    );
+    t.assert_all_healthy();
     assert_eq!(holders_of("s1") + holders_of("s2"), 0);
     // Every block has 6 shards on 6 distinct live suppliers: two more may fail.
     for r in t.fs.all_blocks_for_test() {
@@ -628,12 +632,7 @@ fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
         t.fs.repair_status().unwrap().supplier_states[&bad],
         "replaced"
     );
-    let st = t.fs.status().unwrap();
-    assert_eq!(
-        st.blocks["healthy"],
-        st.blocks.values().sum::<u64>(),
-        "{st:?}"
-    );
+    t.assert_all_healthy();
     t.fs.cache_drop().unwrap();
     assert_eq!(t.read_all(ino), data);
 }
@@ -663,12 +662,7 @@ fn audits_catch_a_supplier_that_dropped_its_shards_and_the_blocks_are_rebuilt() 
     }
     while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
     t.sync();
-    let st = t.fs.status().unwrap();
-    assert_eq!(
-        st.blocks["healthy"],
-        st.blocks.values().sum::<u64>(),
-        "{st:?}"
-    );
+    t.assert_all_healthy();
     assert!(
         t.fs.all_blocks_for_test()
             .iter()
@@ -1103,12 +1097,7 @@ fn suppliers_reached_only_through_a_relay_get_shards_only_when_no_better_choice_
     }
     while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
     t.sync();
-    let st = t.fs.status().unwrap();
-    assert_eq!(
-        st.blocks["healthy"],
-        st.blocks.values().sum::<u64>(),
-        "{st:?}"
-    );
+    t.assert_all_healthy();
     assert!(t.store.used("s7") > 0 && t.store.used("s8") > 0);
     t.fs.cache_drop().unwrap();
     assert_eq!(t.read_all(ino), data);
