@@ -34,9 +34,11 @@ pub fn errno(e: &FsError) -> i32 {
         FsError::Invalid => libc::EINVAL,
         FsError::NameTooLong => libc::ENAMETOOLONG,
         FsError::NoAttr => libc::ENODATA,
-        FsError::Unavailable(_) | FsError::Corrupt(_) | FsError::Db(_) | FsError::Erasure(_) => {
-            libc::EIO
-        }
+        FsError::Unavailable(_)
+        | FsError::Corrupt(_)
+        | FsError::Db(_)
+        | FsError::Erasure(_)
+        | FsError::Io(_) => libc::EIO,
         _ => libc::EIO,
     }
 }

@@ -277,14 +277,21 @@ impl Engine {
                 )));
             }
         };
-        let sealed = self.block_slice(loc.block, loc.off as usize, loc.len as usize)?;
-        let plain = match seal::open(&self.keys.seal, &self.keys.chunk_id, id, &sealed) {
+        let open = || -> FsResult<Vec<u8>> {
+            let sealed = self.block_slice(loc.block, loc.off as usize, loc.len as usize)?;
+            seal::open(&self.keys.seal, &self.keys.chunk_id, id, &sealed)
+                .map_err(|e| FsError::Corrupt(format!("{id:?}: {e}")))
+        };
+        let plain = match open() {
             Ok(p) => Arc::new(p),
-            Err(e) => {
-                // The cached block is bad: forget it so the next read rebuilds it from shards.
-                self.forget_cached_block(loc.block)?;
-                return Err(FsError::Corrupt(format!("{id:?}: {e}")));
+            Err(FsError::Corrupt(e)) => {
+                // A bad cached copy (a rotting local disk): forget it and rebuild the block
+                // from verified shards once.
+                tracing::warn!(error = %e, block = loc.block, "cached chunk fails authentication; refetching");
+                self.discard_cached_block(loc.block)?;
+                Arc::new(open()?)
             }
+            Err(e) => return Err(e),
         };
         lock(&self.chunk_cache).put(*id, plain.clone());
         Ok(plain)

@@ -111,6 +111,9 @@ pub enum FsError {
     /// Erasure coding failure.
     #[error(transparent)]
     Erasure(#[from] ErasureError),
+    /// The local disk failed (the block cache directory).
+    #[error("local disk: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl From<rocksdb::Error> for FsError {
@@ -215,6 +218,8 @@ const EXTENT_CACHE_FILES: usize = 4096;
 /// The filesystem engine.
 pub struct Engine {
     db: Arc<Rdb>,
+    /// The block cache: one plain file per block (see `blocks.rs`).
+    cache_dir: std::path::PathBuf,
     keys: Keys,
     cfg: EngineConfig,
     store: Arc<dyn ShardStore>,
@@ -275,7 +280,10 @@ impl Engine {
                 }
             }
         }
+        let cache_dir = dir.join(blocks::CACHE_DIR);
+        std::fs::create_dir_all(&cache_dir)?;
         let engine = Arc::new(Self {
+            cache_dir,
             keys,
             store,
             state: Mutex::new(State {

@@ -371,7 +371,6 @@ impl Engine {
                     b.delete_cf(&self.cf(cf::CHUNKS), id.0);
                 }
                 b.delete_cf(&self.cf(cf::BLOCKS), db::key1(no));
-                b.delete_cf(&self.cf(cf::CACHE), db::key1(no));
                 b.put_cf(
                     &self.cf(cf::META),
                     prefixed(TRASH_BLOCK, no),
@@ -388,11 +387,8 @@ impl Engine {
             drop(st);
             dead
         };
-        {
-            let mut c = lock(&self.cache);
-            for no in &dead {
-                c.remove(*no);
-            }
+        for no in &dead {
+            self.forget_cached_block(*no)?;
         }
         info!(
             dead = dead.len(),

@@ -481,16 +481,27 @@ fn writers_wait_while_the_upload_queue_is_full_and_lose_nothing() {
         fs.upload_round().unwrap();
     }
     writer.join().unwrap();
-    // This thread is the only uploader: drain before sealing the last block, or the seal
-    // could find the queue over its limit and wait for uploads that only this thread makes
-    // (a deadlock of the test, seen once under load; the mount has its own uploader thread).
-    while fs.pending().unwrap().0 > 0 {
-        fs.upload_round().unwrap();
-    }
+    // Sealing what is left can fill more than one block, and a seal waits while the queue is
+    // over its limit: uploads must go on meanwhile, from another thread, as the mount's
+    // uploader thread does. (With this thread as the only uploader the test deadlocked
+    // under load, when the last dirty chunks happened to fill two blocks.)
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let uploader = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if fs.upload_round().unwrap() == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        })
+    };
     fs.seal_all().unwrap();
     while fs.pending().unwrap().0 > 0 {
-        fs.upload_round().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    uploader.join().unwrap();
     fs.cache_drop().unwrap();
     let mut back = Vec::new();
     while back.len() < data.len() {
@@ -1140,4 +1151,33 @@ fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
     t.fs.read_ahead(ino, 30 << 20, 4096);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(t.fs.status().unwrap().cache_bytes <= 2 * (4 << 20) + (1 << 20));
+}
+
+#[test]
+fn cached_blocks_are_files_and_a_rotten_one_is_fetched_again_from_suppliers() {
+    let t = setup(6, usize::MAX);
+    let data = random(24 << 20, 17);
+    let ino = t.file("a", &data);
+    t.sync();
+    assert_eq!(t.read_all(ino), data);
+    let files: Vec<_> = std::fs::read_dir(t.path.join(blocks::CACHE_DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(files.len() >= 5, "{files:?}");
+    // A rotting local disk: every cached block gets a flipped byte.
+    for f in &files {
+        let mut b = std::fs::read(f).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 1;
+        std::fs::write(f, b).unwrap();
+    }
+    assert_eq!(t.read_all(ino), data);
+    // The index survives a restart (rebuilt from the files).
+    let mut t = t;
+    let before = t.fs.status().unwrap().cache_bytes;
+    t.reopen();
+    assert_eq!(t.fs.status().unwrap().cache_bytes, before);
+    assert_eq!(t.read_all(ino), data);
 }
