@@ -175,14 +175,19 @@ impl Engine {
         b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
         b.delete_range_cf(&self.cf(cf::OPEN), db::key2(no, 0), db::key2(no + 1, 0));
         b.put_cf(&self.cf(cf::META), META_NEXT_BLOCK, db::encode(&(no + 1)));
-        self.db.write(b)?;
-        // Pinned until every shard is on a supplier; the outbox holds its shards meanwhile.
+        // Counted and pinned before the shards become visible to the uploader thread: it may
+        // upload them (and uncount and unpin them) before this thread goes on.
+        self.queued_bytes.fetch_add(queued, Ordering::SeqCst);
         lock(&self.cache).pinned.insert(no);
+        if let Err(e) = self.db.write(b) {
+            self.queued_bytes.fetch_sub(queued, Ordering::SeqCst);
+            lock(&self.cache).pinned.remove(&no);
+            return Err(e.into());
+        }
         self.cache_put(no, &st.open.buf);
         debug!(block = no, bytes = st.open.buf.len(), "block sealed");
         st.open.no = no + 1;
         st.open.buf = Vec::new();
-        self.queued_bytes.fetch_add(queued, Ordering::SeqCst);
         self.notify();
         // Backpressure: bounded upload queue.
         let (m, cv) = &self.progress;

@@ -407,13 +407,17 @@ impl Engine {
             let mut bytes = 0;
             let mut count = 0;
             for (i, (id, data)) in shards.iter().enumerate() {
-                if rec.shards.get(i).is_some_and(|s| s.supplier.is_none()) {
+                let key = db::key2(no, i as u64);
+                // A shard still waiting in the outbox is queued already.
+                if rec.shards.get(i).is_some_and(|s| s.supplier.is_none())
+                    && self.db.get_pinned_cf(&self.cf(cf::OUTBOX), key)?.is_none()
+                {
                     if *id != rec.shards[i].id {
                         return Err(FsError::Corrupt(format!(
                             "block {no}: rebuilt shard {i} differs from its record"
                         )));
                     }
-                    b.put_cf(&self.cf(cf::OUTBOX), db::key2(no, i as u64), data);
+                    b.put_cf(&self.cf(cf::OUTBOX), key, data);
                     bytes += data.len() as u64;
                     count += 1;
                 }
@@ -422,8 +426,12 @@ impl Engine {
                 rec.state = t;
             }
             b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
-            self.db.write(b)?;
+            // Counted before the uploader can see (and uncount) the shards.
             self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+            if let Err(e) = self.db.write(b) {
+                self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                return Err(e.into());
+            }
             lock(&self.suppliers).requeued_shards += count;
             info!(
                 block = no,
