@@ -12,7 +12,7 @@ mod home;
 mod mountopts;
 mod testnet;
 
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -204,6 +204,12 @@ fn main() {
     let cli = Cli::parse();
     init_logging();
     if let Err(e) = run(cli) {
+        // Output cut short by a closed pipe (`dustfs status | head`) is not an error.
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return;
+        }
         eprintln!("dustfs: {e:#}");
         std::process::exit(1);
     }
@@ -543,6 +549,8 @@ fn sync(home: &Home) -> Result<()> {
 }
 
 fn status(home: &Home, json: bool) -> Result<()> {
+    // A closed pipe (`dustfs status | head`) ends the output quietly (see main).
+    let mut out_w = std::io::stdout().lock();
     let mut out = serde_json::Value::Null;
     control::call(&home.path("control.sock"), &ControlRequest::Status, |r| {
         if let ControlReply::Status(v) = r {
@@ -551,59 +559,69 @@ fn status(home: &Home, json: bool) -> Result<()> {
         Ok(false)
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        writeln!(out_w, "{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
     }
-    println!("node       {}", out["peer_id"].as_str().unwrap_or("?"));
-    println!(
+    writeln!(
+        out_w,
+        "node       {}",
+        out["peer_id"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out_w,
         "peers      {} connected, {} known; connectivity {}",
         out["peers"]["connected"],
         out["peers"]["known"],
         out["connectivity"].as_str().unwrap_or("?")
-    );
+    )?;
     if let Some(paths) = out["peer_paths"].as_object() {
         let relayed = paths.values().filter(|p| *p == "relayed").count();
-        println!(
+        writeln!(
+            out_w,
             "paths      {} direct, {relayed} through a relay ({} KiB relayed)",
             paths.len() - relayed,
             out["relayed_bytes"]["total"].as_u64().unwrap_or(0) >> 10
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out_w,
         "suppliers  {}",
         out["suppliers"].as_array().map(Vec::len).unwrap_or(0)
-    );
-    println!(
+    )?;
+    writeln!(
+        out_w,
         "queue      {} shards, {} MiB waiting for upload",
         out["upload_queue"]["shards"],
         out["upload_queue"]["bytes"].as_u64().unwrap_or(0) >> 20
-    );
-    print!("blocks    ");
+    )?;
+    write!(out_w, "blocks    ")?;
     if let Some(b) = out["blocks"].as_object() {
         for (k, v) in b {
             if v.as_u64().unwrap_or(0) > 0 {
-                print!(" {k}={v}");
+                write!(out_w, " {k}={v}")?;
             }
         }
     }
-    println!();
+    writeln!(out_w,)?;
     if let Some(b) = out["suppliers_by_state"].as_object() {
         let parts: Vec<String> = b.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("suppliers  by state: {}", parts.join(" "));
+        writeln!(out_w, "suppliers  by state: {}", parts.join(" "))?;
     }
     if let Some(b) = out["blocks_by_live_shards"].as_object() {
         let parts: Vec<String> = b.iter().map(|(k, v)| format!("{v} with {k}")).collect();
-        println!(
+        writeln!(
+            out_w,
             "redundancy {} (live shards per block); repair rebuilt {} MiB, requeued {} shards",
             parts.join(", "),
             out["repair"]["bytes_rebuilt"].as_u64().unwrap_or(0) >> 20,
             out["repair"]["shards_requeued"]
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out_w,
         "cache      {} MiB",
         out["cache_bytes"].as_u64().unwrap_or(0) >> 20
-    );
+    )?;
     Ok(())
 }
 
