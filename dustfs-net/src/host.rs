@@ -891,12 +891,18 @@ impl Task {
                 let tx = self.inbound.0.clone();
                 tokio::spawn(async move {
                     // Disk IO with fsync: off the async threads.
-                    match tokio::task::spawn_blocking(move || dir.handle(&request)).await {
-                        Ok(resp) => {
-                            let _ = tx.send((peer, channel, resp)).await;
+                    let resp = match tokio::task::spawn_blocking(move || dir.handle(&request)).await
+                    {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "request handler failed");
+                            crate::protocol::encode_response(&crate::protocol::Response::Error(
+                                crate::protocol::WireError::Internal("handler failed".into()),
+                            ))
                         }
-                        Err(e) => warn!(%peer, error = %e, "request handler failed"),
-                    }
+                    };
+                    // Always answered, so the peer's in-flight count goes down again.
+                    let _ = tx.send((peer, channel, resp)).await;
                 });
             }
             Event::Message {
