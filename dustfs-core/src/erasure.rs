@@ -7,7 +7,7 @@
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use serde::{Deserialize, Serialize};
 
-use crate::shard::{self, ShardError, ShardHeader, ShardId};
+use crate::shard::{self, HEADER_LEN, ShardError, ShardHeader, ShardId};
 
 /// Redundancy of a block: k data shards, m parity shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,38 +68,53 @@ fn codec(r: Redundancy) -> Result<ReedSolomon, ErasureError> {
 }
 
 /// Encodes a block into k+m shards (full shard bytes with header) and their ids.
+///
+/// Each shard is built in place: a data shard is its header and one copy of its part of the
+/// block; parity is computed straight into the parity shards' payloads (a profile of the
+/// pipeline benchmark showed the earlier version copying every byte two and a half times).
 pub fn encode(r: Redundancy, block: &[u8]) -> Result<Vec<(ShardId, Vec<u8>)>, ErasureError> {
     let k = r.k as usize;
     let rs = codec(r)?;
     let size = block.len().div_ceil(k).max(1);
-    let mut parts: Vec<Vec<u8>> = (0..k)
-        .map(|i| {
-            let start = (i * size).min(block.len());
-            let end = ((i + 1) * size).min(block.len());
-            let mut p = Vec::with_capacity(size);
-            p.extend_from_slice(&block[start..end]);
-            p.resize(size, 0);
-            p
-        })
-        .collect();
-    // reed-solomon-erasure needs at least one parity shard; with m = 0 we drop it afterwards.
-    parts.extend((0..r.m.max(1)).map(|_| vec![0u8; size]));
-    rs.encode(&mut parts).map_err(ErasureError::Codec)?;
-    parts.truncate(r.total());
-    Ok(parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let h = ShardHeader {
+    let head = |i: usize| {
+        shard::header(
+            ShardHeader {
                 k: r.k,
                 m: r.m,
                 index: i as u8,
                 block_len: block.len() as u32,
-            };
-            let bytes = shard::build(h, &p);
-            (ShardId::of(&bytes), bytes)
+            },
+            size,
+        )
+    };
+    let mut shards: Vec<Vec<u8>> = (0..k)
+        .map(|i| {
+            let start = (i * size).min(block.len());
+            let end = ((i + 1) * size).min(block.len());
+            let mut s = Vec::with_capacity(HEADER_LEN + size);
+            s.extend_from_slice(&head(i));
+            s.extend_from_slice(&block[start..end]);
+            s.resize(HEADER_LEN + size, 0);
+            s
         })
-        .collect())
+        .collect();
+    // reed-solomon-erasure needs at least one parity shard; with m = 0 we drop it afterwards.
+    let mut parity: Vec<Vec<u8>> = (k..k + r.m.max(1) as usize)
+        .map(|i| {
+            let mut s = vec![0u8; HEADER_LEN + size];
+            s[..HEADER_LEN].copy_from_slice(&head(i));
+            s
+        })
+        .collect();
+    {
+        let data: Vec<&[u8]> = shards.iter().map(|s| &s[HEADER_LEN..]).collect();
+        let mut out: Vec<&mut [u8]> = parity.iter_mut().map(|s| &mut s[HEADER_LEN..]).collect();
+        rs.encode_sep(&data, &mut out)
+            .map_err(ErasureError::Codec)?;
+    }
+    shards.extend(parity);
+    shards.truncate(r.total());
+    Ok(shards.into_iter().map(|s| (ShardId::of(&s), s)).collect())
 }
 
 /// Rebuilds a block from any k of its shards (payloads, by index; `None` = missing).

@@ -85,13 +85,20 @@ pub struct ShardHeader {
     pub block_len: u32,
 }
 
+/// The header bytes of a shard whose payload is `payload_len` bytes long.
+pub fn header(h: ShardHeader, payload_len: usize) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..4].copy_from_slice(MAGIC);
+    out[4..8].copy_from_slice(&[VERSION, h.k, h.m, h.index]);
+    out[8..12].copy_from_slice(&h.block_len.to_le_bytes());
+    out[12..16].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out
+}
+
 /// Builds shard bytes from a header and payload.
 pub fn build(h: ShardHeader, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
-    v.extend_from_slice(MAGIC);
-    v.extend_from_slice(&[VERSION, h.k, h.m, h.index]);
-    v.extend_from_slice(&h.block_len.to_le_bytes());
-    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    v.extend_from_slice(&header(h, payload.len()));
     v.extend_from_slice(payload);
     v
 }
