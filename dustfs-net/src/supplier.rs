@@ -232,9 +232,9 @@ impl ShardDir {
                     return Err(WireError::HashMismatch);
                 }
                 self.admit(&env)?;
-                self.contract_quota(&env.signed.customer)?;
+                let quota = self.contract_quota(&env.signed.customer)?;
                 if self.fault != Fault::Drop {
-                    self.store(&env.signed.customer, &shard, &data)?;
+                    self.store(&env.signed.customer, &shard, &data, quota)?;
                 }
                 Ok(Response::Stored)
             }
@@ -546,13 +546,19 @@ impl ShardDir {
             .collect()
     }
 
-    fn store(&self, customer: &[u8; 32], shard: &ShardId, data: &[u8]) -> Result<(), WireError> {
+    /// Keeps a shard for a customer whose contract grants `quota` bytes.
+    fn store(
+        &self,
+        customer: &[u8; 32],
+        shard: &ShardId,
+        data: &[u8],
+        quota: u64,
+    ) -> Result<(), WireError> {
         let dir = self.customer_dir(customer);
         let path = dir.join(shard.to_hex());
         if path.exists() {
             return Ok(());
         }
-        let quota = self.contract_quota(customer)?;
         {
             // Reserve the space first so concurrent stores cannot overshoot the quota.
             let mut st = self.lock();
