@@ -461,6 +461,14 @@ fn mount(
         .arg("-o")
         .arg(opts.to_arg())
         .env(NOTIFY_ENV, "1")
+        // glibc gives each thread that allocates its own malloc arena and keeps freed
+        // block-sized buffers in every one. Measured on a 512 MiB cold read (6-node testnet,
+        // 4 runs): peak RSS 192-210 MiB with the default, 96-99 MiB with two arenas, at the
+        // same speed (190-200 MB/s). The user's own setting wins.
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
