@@ -54,16 +54,6 @@ fn peer_of_node(net: &Testnet, i: usize) -> PeerId {
         .expect("peer id in the address")
 }
 
-/// The customer directories (hex keys) a supplier keeps shards for.
-fn customer_dirs(net: &Testnet, i: usize) -> Vec<String> {
-    std::fs::read_dir(net.node_dir(i).join("shards"))
-        .expect("shards dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 64)
-        .collect()
-}
-
 async fn ask(node: &Node, peer: PeerId, frame: Vec<u8>) -> Response {
     let bytes = node
         .request(peer, frame)
@@ -398,24 +388,13 @@ fn a_malicious_node_cannot_read_damage_or_delete_another_users_data() {
     c.sync();
     c.umount();
     for i in 1..=6 {
-        assert!(customer_dirs(&net, i).contains(&victim_hex));
+        assert!(customer_dirs_in(&net.node_dir(i).join("shards")).contains(&victim_hex));
     }
 }
 
-/// Every occurrence of `needle` in `hay`.
+/// Whether `needle` occurs in `hay`.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn all_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            all_files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
 }
 
 #[test]
@@ -481,7 +460,7 @@ fn no_supplier_file_log_line_or_dht_record_holds_plaintext_names_or_keys() {
     // database and configuration, and their logs.
     let mut files = Vec::new();
     for i in 1..=net.nodes {
-        all_files(&net.node_dir(i), &mut files);
+        walk_files(&net.node_dir(i), &mut files);
     }
     let logs = files
         .iter()
@@ -501,7 +480,7 @@ fn no_supplier_file_log_line_or_dht_record_holds_plaintext_names_or_keys() {
 
     // The customer's own logs never hold key material either.
     let mut own = Vec::new();
-    all_files(&c.home, &mut own);
+    walk_files(&c.home, &mut own);
     for f in own
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "log"))

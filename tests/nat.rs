@@ -110,12 +110,7 @@ fn hole_punching(tag: &str, t: Transport, all_direct: bool) -> (usize, usize) {
     }
     // Both NATed suppliers hold shards of both customers (one directory per customer).
     for s in ["s1", "s2"] {
-        let customers = std::fs::read_dir(root.join(s).join("shards"))
-            .expect("shards")
-            .flatten()
-            // One directory per customer, named by its 64-hex-digit key.
-            .filter(|e| e.file_name().len() == 64)
-            .count();
+        let customers = customer_dirs_in(&root.join(s).join("shards")).len();
         assert_eq!(
             customers, 2,
             "supplier {s} behind NAT holds shards of {customers} customers"

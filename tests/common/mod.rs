@@ -243,7 +243,18 @@ impl Drop for Testnet {
     }
 }
 
-fn walk_files(d: &Path, out: &mut Vec<PathBuf>) {
+/// The customers a supplier keeps shards for: the 64-hex-digit directories of its shard store.
+pub fn customer_dirs_in(shards: &Path) -> Vec<String> {
+    std::fs::read_dir(shards)
+        .expect("shards dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64)
+        .collect()
+}
+
+/// Every file below `d`, recursively.
+pub fn walk_files(d: &Path, out: &mut Vec<PathBuf>) {
     if let Ok(rd) = std::fs::read_dir(d) {
         for e in rd.flatten() {
             let p = e.path();
