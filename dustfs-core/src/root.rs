@@ -9,7 +9,7 @@
 //!
 //! The manifest inside is sealed with the metadata key, so suppliers learn nothing but its size.
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
@@ -108,7 +108,12 @@ impl RootRecord {
             .as_slice()
             .try_into()
             .map_err(|_| RootError::BadSignature)?;
-        key.verify(&signing_bytes(&s.body), &Signature::from_bytes(&sig))
+        // Strict verification: plain Ed25519 verification accepts, for a small-order ("weak")
+        // public key, a signature whose R is the identity and s is zero, over any message.
+        // No real user has such a key, but anyone could fill the DHT with "valid" records for
+        // one (the dht_record fuzzer found it). `verify_strict` refuses weak keys and
+        // non-canonical R.
+        key.verify_strict(&signing_bytes(&s.body), &Signature::from_bytes(&sig))
             .map_err(|_| RootError::BadSignature)?;
         Ok(rec)
     }
@@ -230,6 +235,34 @@ mod tests {
         // Only older ones found: the older one is taken (never a forged newer one).
         assert_eq!(newest(vec![old], &user).0.unwrap().0.seq, 3);
         assert_eq!(RootRecord::peek_seq(&new), Some((7, user)));
+    }
+
+    #[test]
+    fn a_record_for_a_small_order_key_with_a_trivial_signature_is_refused() {
+        // The identity point (y = 1) has order 1: with R = identity and s = 0 the cofactorless
+        // check [s]B = R + [k]A holds for every message.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let r = RootRecord {
+            user: weak,
+            seq: u64::MAX,
+            time_ms: 0,
+            manifest: vec![0; 40],
+        };
+        let mut sig = vec![0u8; 64];
+        sig[0] = 1;
+        let mut bytes = vec![ROOT_VERSION];
+        bytes.extend(
+            postcard::to_allocvec(&Signed {
+                body: postcard::to_allocvec(&r).unwrap(),
+                sig,
+            })
+            .unwrap(),
+        );
+        assert_eq!(
+            RootRecord::verify(&bytes, &weak),
+            Err(RootError::BadSignature)
+        );
     }
 
     proptest::proptest! {
