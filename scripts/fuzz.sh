@@ -24,9 +24,13 @@ cargo build --release --locked --bins --target "$triple"
 status=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
+    # Inputs that once crashed a target are committed under regressions/<target> and replayed
+    # first, as seeds (libFuzzer writes new units only to the first directory, corpus/<target>).
+    seeds=()
+    [ -d "regressions/$t" ] && seeds=("regressions/$t")
     log=$(mktemp)
     if ./target/"$triple"/release/"$t" -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
-        -artifact_prefix="artifacts/$t/" -print_final_stats=1 "corpus/$t" >"$log" 2>&1; then
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 "corpus/$t" "${seeds[@]}" >"$log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
         printf '%-16s ok     %s executions in %s s\n' "$t" "$runs" "$secs"
     else
