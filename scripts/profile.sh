@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Profiles one dustfs workload system-wide with perf (every process: the mount, the suppliers,
+# the kernel) and prints where the CPU time went, by process and by function.
+# Usage: scripts/profile.sh write|read [SIZE_MIB (512)]   (root; builds release; needs perf)
+#   write: copy SIZE_MIB of random data in and `dustfs sync` (durable on suppliers)
+#   read:  cold sequential read of it after `dustfs cache drop` and dropping the page cache
+# The raw profile stays in /tmp/dustfs-profile.data for `perf report -i`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHAT=${1:-write}
+SIZE_MIB=${2:-512}
+command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
+cargo build --release -p dustfs >/dev/null
+B=$PWD/target/release/dustfs
+W=$(mktemp -d /tmp/dustfs-profile.XXXXXX)
+cleanup() {
+  umount "$W/mnt" 2>/dev/null || true
+  "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
+  sleep 1
+  rm -rf "$W"
+}
+trap cleanup EXIT
+mkdir -p "$W/mnt"
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/big"
+"$B" testnet up --dir "$W/net" --nodes 6 >/dev/null
+"$B" --home "$W/home" init --bootstrap "$W/net/bootstrap" --listen /ip4/127.0.0.1/tcp/0 \
+  --listen /ip4/127.0.0.1/udp/0/quic-v1 >/dev/null
+"$B" --home "$W/home" mount "$W/mnt" >/dev/null
+for _ in $(seq 50); do
+  n=$("$B" --home "$W/home" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["suppliers"]))')
+  [ "$n" -ge 6 ] && break; sleep 0.2
+done
+run() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  perf record -q -a -g -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
+  t1=$(date +%s.%N)
+  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s under perf')"
+}
+case $WHAT in
+  write) run "cp '$W/big' '$W/mnt/big' && '$B' --home '$W/home' sync >/dev/null" ;;
+  read)
+    cp "$W/big" "$W/mnt/big" && "$B" --home "$W/home" sync >/dev/null
+    "$B" --home "$W/home" cache drop >/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
+    run "cat '$W/mnt/big' > /dev/null" ;;
+  *) echo "usage: $0 write|read [SIZE_MIB]" >&2; exit 2 ;;
+esac
+echo "--- CPU samples by process (mount: pid $(cat "$W/home/mount.pid"); suppliers:$(for i in 1 2 3 4 5 6; do printf ' %s' "$(cat "$W/net/node-$i/pid")"; done))"
+perf report -i /tmp/dustfs-profile.data --no-children --sort pid --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+echo "--- by function (self time)"
+perf report -i /tmp/dustfs-profile.data --no-children --sort comm,sym --stdio -g none 2>/dev/null \
+  | grep -v '^#' | grep -v '^$' | head -45
