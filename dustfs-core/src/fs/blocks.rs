@@ -48,11 +48,132 @@ pub(super) struct CacheIndex {
 /// issue 8 note) showed RocksDB's WAL and memtable flushes of cached blocks (CRC32C and copies
 /// of every byte, twice) as the largest cost after networking; a file costs one copy into the
 /// page cache, a read of a chunk reads only that chunk (RocksDB read the whole 4 MiB blob),
-/// and the index is rebuilt from file sizes instead of by reading every block. A cache file
-/// is never the only copy of anything (a block waiting for upload has its shards in the
-/// outbox), so it is written without fsync; a partial file cannot appear (temporary name,
-/// then rename).
+/// and the index is rebuilt from file sizes instead of by reading every block. A partial file
+/// cannot appear (temporary name, then rename).
+///
+/// A block waiting for upload is pinned in the cache: its file is the local copy the upload
+/// queue works from (the queue holds only shard numbers and sizes; shards come from memory,
+/// [`Staged`], or are encoded again from the block). It is the open block's file renamed, so
+/// sealing a block writes no bytes; `fsync` and `sync` sync it before the WAL.
 pub(super) const CACHE_DIR: &str = "blockcache";
+
+/// The open block's directory, inside the database directory: `open/<block>` holds the
+/// sealed chunks appended so far. It used to be a RocksDB column family (the same profile).
+pub(super) const OPEN_DIR: &str = "open";
+
+/// Bytes of shards kept in memory for the uploader. Past this, the uploader encodes a queued
+/// block again from its file (the upload queue itself may hold more, `outbox_limit_bytes`).
+const STAGED_LIMIT: u64 = 48 << 20;
+
+/// Shards of recently sealed or repaired blocks, in memory until they are uploaded.
+#[derive(Default)]
+pub(super) struct Staged {
+    shards: HashMap<(u64, usize), Arc<Vec<u8>>>,
+    pub(super) bytes: u64,
+}
+
+impl Staged {
+    pub(super) fn put(&mut self, no: u64, i: usize, bytes: Vec<u8>) {
+        let len = bytes.len() as u64;
+        if self.bytes + len > STAGED_LIMIT {
+            return;
+        }
+        if let Some(old) = self.shards.insert((no, i), Arc::new(bytes)) {
+            self.bytes -= old.len() as u64;
+        }
+        self.bytes += len;
+    }
+
+    fn get(&self, no: u64, i: usize) -> Option<Arc<Vec<u8>>> {
+        self.shards.get(&(no, i)).cloned()
+    }
+
+    fn remove(&mut self, no: u64, i: usize) {
+        if let Some(old) = self.shards.remove(&(no, i)) {
+            self.bytes -= old.len() as u64;
+        }
+    }
+}
+
+/// An upload queue entry's value: the shard's size (databases written before [`Staged`]
+/// hold the shard bytes themselves, which still work).
+pub(super) fn queue_value(len: u64) -> Vec<u8> {
+    len.to_be_bytes().to_vec()
+}
+
+/// The shard size an upload queue value stands for.
+fn queued_len(v: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(v) {
+        Ok(b) => u64::from_be_bytes(b),
+        Err(_) => v.len() as u64,
+    }
+}
+
+/// At open: the open block's bytes, from its file, cut to what the chunk index refers to.
+/// A block file renamed into the cache by a seal whose batch did not land (a crash between
+/// the two) is moved back; databases written before the open block had its file keep its
+/// segments in the OPEN column family, which are moved into the file.
+pub(super) fn recover_open_block(
+    rdb: &db::Rdb,
+    open_dir: &std::path::Path,
+    cache_dir: &std::path::Path,
+    no: u64,
+    len: u64,
+) -> FsResult<Vec<u8>> {
+    let path = open_dir.join(format!("{no:016x}"));
+    let cached = cache_dir.join(format!("{no:016x}"));
+    if !path.exists() && cached.exists() {
+        std::fs::rename(&cached, &path)?;
+    }
+    // Files of other blocks are leftovers: older ones were sealed (their records say so).
+    for e in std::fs::read_dir(open_dir)?.flatten() {
+        if e.path() != path {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let open_cf = db::handle(rdb, cf::OPEN);
+    let mut legacy = Vec::new();
+    for item in rdb.iterator_cf(&open_cf, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        if db::be_u64(&k, 0) == Some(no) {
+            legacy.extend_from_slice(&v);
+        }
+    }
+    if !legacy.is_empty() {
+        std::fs::write(&path, &legacy)?;
+        std::fs::File::open(&path)?.sync_all()?;
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            &db::handle(rdb, cf::META),
+            super::META_OPEN_LEN,
+            db::encode(&(legacy.len() as u64)),
+        );
+        b.delete_range_cf(&open_cf, db::key1(0), db::key1(u64::MAX));
+        rdb.write(b)?;
+        return Ok(legacy);
+    }
+    let mut buf = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if (buf.len() as u64) < len {
+        return Err(FsError::Corrupt(format!(
+            "the open block {no} has {} bytes, the chunk index refers to {len}",
+            buf.len()
+        )));
+    }
+    if buf.len() as u64 > len {
+        // Bytes appended by a write whose batch did not land: cut, so that the file sealing
+        // renames into the cache holds exactly the block.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .set_len(len)?;
+        buf.truncate(len as usize);
+    }
+    Ok(buf)
+}
 
 /// Blocks fetched ahead of one sequential reader at most at once.
 const READAHEAD_BLOCKS: usize = 4;
@@ -132,7 +253,24 @@ impl Engine {
             self.seal_open_locked(st)?;
         }
         let off = st.open.buf.len();
-        b.put_cf(&self.cf(cf::OPEN), db::key2(st.open.no, off as u64), sealed);
+        // The bytes go to the block's file before the batch that refers to them.
+        if st.open.file.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.open_path(st.open.no))?;
+            st.open.file = Some(f);
+        }
+        if let Some(f) = &st.open.file {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(sealed, off as u64)?;
+        }
+        b.put_cf(
+            &self.cf(cf::META),
+            super::META_OPEN_LEN,
+            db::encode(&((off + sealed.len()) as u64)),
+        );
         let loc = ChunkLoc {
             block: st.open.no,
             off: off as u32,
@@ -165,26 +303,58 @@ impl Engine {
                 })
                 .collect(),
         };
+        // The block's file becomes its cache file (pinned: the upload queue works from it)
+        // before the batch that seals it; a crash in between is undone at open.
+        st.open.file = None;
+        if !self.open_path(no).exists() {
+            std::fs::write(self.open_path(no), &st.open.buf)?;
+        }
+        std::fs::rename(self.open_path(no), self.cache_path(no))?;
         let mut b = WriteBatch::default();
         let outbox = self.cf(cf::OUTBOX);
         let mut queued = 0;
         for (i, (_, bytes)) in shards.iter().enumerate() {
-            b.put_cf(&outbox, db::key2(no, i as u64), bytes);
+            b.put_cf(
+                &outbox,
+                db::key2(no, i as u64),
+                queue_value(bytes.len() as u64),
+            );
             queued += bytes.len() as u64;
         }
         b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
-        b.delete_range_cf(&self.cf(cf::OPEN), db::key2(no, 0), db::key2(no + 1, 0));
         b.put_cf(&self.cf(cf::META), META_NEXT_BLOCK, db::encode(&(no + 1)));
-        // Counted and pinned before the shards become visible to the uploader thread: it may
-        // upload them (and uncount and unpin them) before this thread goes on.
+        b.put_cf(&self.cf(cf::META), super::META_OPEN_LEN, db::encode(&0u64));
+        // Counted, pinned and staged before the shards become visible to the uploader thread:
+        // it may upload them (and uncount, unpin and unstage them) before this thread goes on.
         self.queued_bytes.fetch_add(queued, Ordering::SeqCst);
-        lock(&self.cache).pinned.insert(no);
+        {
+            let mut c = lock(&self.cache);
+            c.pinned.insert(no);
+            c.touch(no, st.open.buf.len() as u64);
+        }
+        {
+            let mut staged = lock(&self.staged);
+            for (i, (_, bytes)) in shards.into_iter().enumerate() {
+                staged.put(no, i, bytes);
+            }
+        }
         if let Err(e) = self.db.write(b) {
             self.queued_bytes.fetch_sub(queued, Ordering::SeqCst);
             lock(&self.cache).pinned.remove(&no);
+            let mut staged = lock(&self.staged);
+            for i in 0..r.total() {
+                staged.remove(no, i);
+            }
+            drop(staged);
+            // Back where it was: the block is still the open one.
+            let _ = std::fs::rename(self.cache_path(no), self.open_path(no));
+            lock(&self.cache).remove(no);
             return Err(e.into());
         }
-        self.cache_put(no, &st.open.buf);
+        lock(&self.unsynced).insert(no);
+        if let Err(e) = self.evict() {
+            warn!(error = %e, "block cache eviction failed");
+        }
         debug!(block = no, bytes = st.open.buf.len(), "block sealed");
         st.open.no = no + 1;
         st.open.buf = Vec::new();
@@ -214,13 +384,38 @@ impl Engine {
         let _ = cv.wait_timeout(g, d);
     }
 
+    /// Syncs the files of the open block and of sealed blocks not synced yet (`fsync` and
+    /// `sync` call this before syncing the WAL that refers to them).
+    pub(super) fn sync_block_files(&self, st: &mut State) -> FsResult<()> {
+        if let Some(f) = &st.open.file {
+            f.sync_data()?;
+        }
+        let nos: Vec<u64> = lock(&self.unsynced).drain().collect();
+        for no in nos {
+            match std::fs::File::open(self.cache_path(no)).and_then(|f| f.sync_data()) {
+                Ok(()) => {}
+                // Uploaded and evicted meanwhile: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    lock(&self.unsynced).insert(no);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_path(&self, no: u64) -> std::path::PathBuf {
+        self.open_dir.join(format!("{no:016x}"))
+    }
+
     pub(super) fn recount_queue(&self) -> FsResult<()> {
         let mut total = 0;
         for item in self
             .db
             .iterator_cf(&self.cf(cf::OUTBOX), rocksdb::IteratorMode::Start)
         {
-            total += item?.1.len() as u64;
+            total += queued_len(&item?.1);
         }
         self.queued_bytes.store(total, Ordering::SeqCst);
         Ok(())
@@ -476,10 +671,16 @@ impl Engine {
         self.discard_cached_block(no)
     }
 
-    /// Drops a block from the cache even while it waits for upload (its shards are in the
-    /// outbox): for a cached copy that turned out bad.
+    /// Drops a block from the cache, for a cached copy that turned out bad. A block waiting
+    /// for upload keeps its file: it is the only copy (what fails to authenticate in it is
+    /// reported; the rest of it can still be uploaded and read).
     pub(super) fn discard_cached_block(&self, no: u64) -> FsResult<()> {
-        lock(&self.cache).remove(no);
+        let mut c = lock(&self.cache);
+        if c.pinned.contains(&no) {
+            return Ok(());
+        }
+        c.remove(no);
+        drop(c);
         match std::fs::remove_file(self.cache_path(no)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -498,9 +699,7 @@ impl Engine {
         let mut tried = vec![false; rec.shards.len()];
         // Shards still in the local upload queue count too.
         for (i, p) in payloads.iter_mut().enumerate() {
-            if let Some(b) = self
-                .db
-                .get_cf(&self.cf(cf::OUTBOX), db::key2(no, i as u64))?
+            if let Some(b) = self.local_shard(no, i)?
                 && let Ok((_, body)) = shard::parse(&b, Some(&rec.shards[i].id))
             {
                 *p = Some(body.to_vec());
@@ -571,24 +770,70 @@ impl Engine {
         Ok(erasure::decode(r, rec.len as usize, payloads)?)
     }
 
+    /// A queued shard's bytes if they are at hand: staged in memory, or (databases written
+    /// before) in the queue entry itself.
+    fn local_shard(&self, no: u64, i: usize) -> FsResult<Option<Arc<Vec<u8>>>> {
+        if let Some(b) = lock(&self.staged).get(no, i) {
+            return Ok(Some(b));
+        }
+        match self
+            .db
+            .get_pinned_cf(&self.cf(cf::OUTBOX), db::key2(no, i as u64))?
+        {
+            Some(v) if v.len() != 8 => Ok(Some(Arc::new(v.to_vec()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The bytes of queued shard `i` of block `no`: at hand, or encoded again from the block
+    /// (its pinned file, or rebuilt from suppliers for a repair queued before a restart). The
+    /// other shards encoded on the way are staged for the rest of the round.
+    fn queued_shard(&self, no: u64, i: usize, rec: &BlockRecord) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(b) = self.local_shard(no, i)? {
+            return Ok(b);
+        }
+        let block = match std::fs::read(self.cache_path(no)) {
+            Ok(b) if b.len() == rec.len as usize => b,
+            _ => self.fetch_block(no)?,
+        };
+        let shards = erasure::encode(rec.redundancy, &block)?;
+        let mut wanted = None;
+        let mut staged = lock(&self.staged);
+        for (j, (id, bytes)) in shards.into_iter().enumerate() {
+            if rec.shards.get(j).map(|s| s.id) != Some(id) {
+                return Err(FsError::Corrupt(format!(
+                    "block {no}: shard {j} encoded again differs from its record"
+                )));
+            }
+            if j == i {
+                wanted = Some(Arc::new(bytes));
+            } else if rec.shards[j].supplier.is_none() {
+                staged.put(no, j, bytes);
+            }
+        }
+        wanted.ok_or_else(|| FsError::Corrupt(format!("block {no} has no shard {i}")))
+    }
+
     /// One round of uploads: places queued shards of up to a few blocks on suppliers, in
     /// parallel. Returns the number of shards stored.
     pub fn upload_round(&self) -> FsResult<usize> {
         let mut up = lock(&self.up);
         // Group the queue by block.
-        let mut queued: BTreeMap<u64, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
+        let mut queued: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         {
             let outbox = self.cf(cf::OUTBOX);
-            for item in self.db.iterator_cf(&outbox, rocksdb::IteratorMode::Start) {
-                let (k, v) = item?;
-                let (Some(no), Some(i)) = (db::be_u64(&k, 0), db::be_u64(&k, 8)) else {
-                    continue;
-                };
-                if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
-                    break;
+            let mut it = self.db.raw_iterator_cf(&outbox);
+            it.seek_to_first();
+            while let Some(k) = it.key() {
+                if let (Some(no), Some(i)) = (db::be_u64(k, 0), db::be_u64(k, 8)) {
+                    if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
+                        break;
+                    }
+                    queued.entry(no).or_default().push(i as usize);
                 }
-                queued.entry(no).or_default().push((i as usize, v.to_vec()));
+                it.next();
             }
+            it.status()?;
         }
         if queued.is_empty() {
             return Ok(0);
@@ -605,7 +850,9 @@ impl Engine {
             let (first, second) = suppliers.into_iter().partition(|s| self.store.preferred(s));
             [first, second]
         };
-        let mut jobs: Vec<(u64, usize, SupplierId, ShardId, Vec<u8>)> = Vec::new();
+        // (block, shard index, supplier, shard id, bytes)
+        type Job = (u64, usize, SupplierId, ShardId, Arc<Vec<u8>>);
+        let mut jobs: Vec<Job> = Vec::new();
         let mut records: HashMap<u64, BlockRecord> = HashMap::new();
         for (no, shards) in queued {
             let Some(rec) = self.block_record(no)? else {
@@ -616,6 +863,10 @@ impl Engine {
                 let outbox = self.cf(cf::OUTBOX);
                 self.db
                     .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
+                let mut staged = lock(&self.staged);
+                for i in shards {
+                    staged.remove(no, i);
+                }
                 continue;
             };
             let mut used: HashSet<SupplierId> = rec
@@ -627,7 +878,7 @@ impl Engine {
             // Rotate each tier of the supplier list by block so load spreads when there are
             // more suppliers than shards; the second tier (reached only through a relay) gets
             // a shard only when the first has no supplier left for it.
-            for (i, bytes) in shards {
+            for i in shards {
                 let pick = tiers
                     .iter()
                     .find_map(|tier| {
@@ -638,6 +889,13 @@ impl Engine {
                     })
                     .cloned();
                 if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
+                    let bytes = match self.queued_shard(no, i, &rec) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            warn!(block = no, shard = i, error = %e, "cannot read a queued shard; will retry");
+                            continue;
+                        }
+                    };
                     used.insert(s.clone());
                     jobs.push((no, i, s, sr.id, bytes));
                 }
@@ -652,7 +910,14 @@ impl Engine {
                 let hs: Vec<_> = jobs
                     .iter()
                     .map(|(no, i, sup, id, bytes)| {
-                        s.spawn(move || (*no, *i, sup.clone(), self.store.store(sup, id, bytes)))
+                        s.spawn(move || {
+                            (
+                                *no,
+                                *i,
+                                sup.clone(),
+                                self.store.store(sup, id, bytes.as_slice()),
+                            )
+                        })
                     })
                     .collect();
                 hs.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -670,9 +935,10 @@ impl Engine {
                     rec.shards[i].supplier = Some(sup);
                     let key = db::key2(no, i as u64);
                     if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::OUTBOX), key)? {
-                        freed += v.len() as u64;
+                        freed += queued_len(&v);
                     }
                     b.delete_cf(&self.cf(cf::OUTBOX), key);
+                    lock(&self.staged).remove(no, i);
                     stored += 1;
                 }
                 Err(StoreError::Unreachable(e)) => {

@@ -1,16 +1,27 @@
 //! The data path: writes land as dirty extents, commits cut dirty runs into content-defined
 //! chunks that are sealed and packed into the open block, reads assemble extents.
 //!
-//! Crash safety: every step is one atomic RocksDB batch that leaves the extent map pointing at
-//! bytes that exist (dirty bytes until a chunk replaces them, the open block's segments until
-//! the block is sealed and queued), so a crash at any point loses nothing that was written.
+//! Dirty bytes live in one append-only file per inode, `db/dirty/<ino>`; a dirty extent names
+//! where its write starts in that file. They used to be RocksDB values: the profile of a
+//! 512 MiB copy (`scripts/profile.sh write`, issue 8 note) had RocksDB's WAL appends and blob
+//! flushes of bulk bytes at 35-40% of the mount process (copies into the page cache, CRC32C),
+//! with dirty bytes written twice (WAL, then blob file) and read back from the blob file. A
+//! file costs one copy. The part of a dirty file a commit turned into chunks is freed with
+//! `fallocate(PUNCH_HOLE)`; the file goes once no extent refers to it.
+//!
+//! Crash safety: bytes are written to their file before the RocksDB batch that makes an
+//! extent point at them, and every step is one atomic batch that leaves the extent map pointing
+//! at bytes that exist (dirty bytes until a chunk replaces them, the open block's file until
+//! the block is sealed and queued), so a crash of the process at any point loses nothing that
+//! was written. `fsync` syncs the files a file's data lives in before the WAL.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
-use super::{Engine, Extent, FsError, FsResult, Ino, Kind, META_NEXT_SEQ, Src, State, Ts, lock};
+use super::{DirtyFile, Engine, Extent, FsError, FsResult, Ino, Kind, Src, State, Ts, lock};
 use crate::chunk::{self, ChunkId};
 use crate::db::{self, cf};
 use crate::seal;
@@ -25,7 +36,155 @@ enum Piece {
     },
 }
 
+/// The dirty files' directory, inside the database directory.
+pub(super) const DIRTY_DIR: &str = "dirty";
+
 impl Engine {
+    fn dirty_path(&self, ino: Ino) -> std::path::PathBuf {
+        self.dirty_dir.join(format!("{ino:016x}"))
+    }
+
+    /// The dirty file of `ino`, opened (and created) if needed.
+    fn dirty_file<'a>(&self, st: &'a mut State, ino: Ino) -> FsResult<&'a mut DirtyFile> {
+        match st.dirty_files.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(self.dirty_path(ino))?;
+                // Appending after whatever is there: bytes past the last extent (a write cut
+                // short by a crash) are dead and freed with the file.
+                let end = file.metadata()?.len();
+                Ok(v.insert(DirtyFile { file, end }))
+            }
+        }
+    }
+
+    /// Bytes `[pos, pos + out.len())` of the dirty file of `ino`.
+    fn read_dirty(&self, st: &mut State, ino: Ino, pos: u64, out: &mut [u8]) -> FsResult<()> {
+        let df = self.dirty_file(st, ino)?;
+        df.file.read_exact_at(out, pos).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                FsError::Corrupt(format!("dirty data of inode {ino} is missing at {pos}"))
+            } else {
+                FsError::Io(e)
+            }
+        })
+    }
+
+    /// Deletes the dirty file of `ino` (no extent refers to it any more).
+    pub(super) fn remove_dirty_file(&self, st: &mut State, ino: Ino) -> FsResult<()> {
+        st.dirty_files.remove(&ino);
+        match std::fs::remove_file(self.dirty_path(ino)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a commit: counts the dirty bytes `ino` still has and frees the rest of its dirty
+    /// file (all of it when nothing is left, else everything before the first live byte).
+    fn reclaim_dirty(&self, st: &mut State, ino: Ino) -> FsResult<()> {
+        let mut left = 0;
+        let mut first = u64::MAX;
+        for (_, e) in self.extents_in(st, ino, 0, u64::MAX)? {
+            if let Src::Dirty { pos, off } = e.src {
+                left += e.len;
+                first = first.min(pos + off);
+            }
+        }
+        if left == 0 {
+            st.dirty.remove(&ino);
+            return self.remove_dirty_file(st, ino);
+        }
+        st.dirty.insert(ino, left);
+        let dead = first & !4095;
+        if dead > 0
+            && let Some(df) = st.dirty_files.get(&ino)
+        {
+            // Freeing space is an optimisation: a filesystem without hole punching keeps the
+            // bytes until the file goes.
+            if let Err(e) = rustix::fs::fallocate(
+                &df.file,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                0,
+                dead,
+            ) {
+                tracing::debug!(ino, error = %e, "cannot punch the committed part of a dirty file");
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: dirty bytes per inode from the extents of inodes with a dirty file;
+    /// dirty files no extent refers to (a crash after their last commit) are deleted.
+    pub(super) fn recover_dirty(&self, st: &mut State) -> FsResult<()> {
+        let mut inos = Vec::new();
+        for e in std::fs::read_dir(&self.dirty_dir)?.flatten() {
+            match e
+                .file_name()
+                .to_str()
+                .filter(|n| n.len() == 16)
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            {
+                Some(ino) => inos.push(ino),
+                None => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        for ino in inos {
+            self.reclaim_dirty(st, ino)?;
+            st.dirty_files.remove(&ino);
+        }
+        Ok(())
+    }
+
+    /// Databases written before dirty files kept dirty writes in the DIRTY column family:
+    /// each is moved into its inode's dirty file and its extents repointed, in one batch per
+    /// inode (the old values are deleted in the same batch, so a crash midway redoes the rest).
+    pub(super) fn migrate_dirty_cf(&self, st: &mut State) -> FsResult<()> {
+        let dirty = self.cf(cf::DIRTY);
+        let mut by_ino: BTreeMap<Ino, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for item in self.db.iterator_cf(&dirty, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            if let (Some(ino), Some(seq)) = (db::be_u64(&k, 0), db::be_u64(&k, 8)) {
+                by_ino.entry(ino).or_default().push((seq, v.to_vec()));
+            }
+        }
+        for (ino, writes) in by_ino {
+            let mut moved = std::collections::HashMap::new();
+            let df = self.dirty_file(st, ino)?;
+            for (seq, bytes) in &writes {
+                df.file.write_all_at(bytes, df.end)?;
+                moved.insert(*seq, df.end);
+                df.end += bytes.len() as u64;
+            }
+            df.file.sync_data()?;
+            let mut b = WriteBatch::default();
+            let ext = self.cf(cf::EXTENTS);
+            for (off, mut e) in self.extents_in(st, ino, 0, u64::MAX)? {
+                if let Src::Dirty { pos, off: o } = e.src
+                    && let Some(&at) = moved.get(&pos)
+                {
+                    e.src = Src::Dirty { pos: at, off: o };
+                    b.put_cf(&ext, db::key2(ino, off), db::encode(&e));
+                }
+            }
+            b.delete_range_cf(&dirty, db::key2(ino, 0), db::key2(ino + 1, 0));
+            st.extents.pop(&ino);
+            self.db.write(b)?;
+            tracing::info!(
+                ino,
+                writes = writes.len(),
+                "moved dirty data out of the database"
+            );
+        }
+        Ok(())
+    }
+
     /// The extent map of `ino`, loaded from RocksDB into the cache if needed.
     fn extent_map<'a>(
         &self,
@@ -146,11 +305,13 @@ impl Engine {
         let mut st = lock(&self.state);
         let mut inode = self.file_inode(ino)?;
         let len = data.len() as u64;
-        let seq = st.next_seq;
-        st.next_seq += 1;
+        // The bytes first, then the batch that points at them (a failed write, e.g. a full
+        // disk, changes nothing the file shows).
+        let df = self.dirty_file(&mut st, ino)?;
+        let pos = df.end;
+        df.file.write_all_at(data, pos)?;
+        df.end += len;
         let mut b = WriteBatch::default();
-        b.put_cf(&self.cf(cf::META), META_NEXT_SEQ, db::encode(&st.next_seq));
-        b.put_cf(&self.cf(cf::DIRTY), db::key2(ino, seq), data);
         self.replace_range(
             &mut st,
             &mut b,
@@ -159,7 +320,7 @@ impl Engine {
             len,
             Some(Extent {
                 len,
-                src: Src::Dirty { seq, off: 0 },
+                src: Src::Dirty { pos, off: 0 },
             }),
         )?;
         let now = Ts::now();
@@ -168,7 +329,6 @@ impl Engine {
         inode.ctime = now;
         self.put_inode(&mut b, &inode);
         self.write_extents(&mut st, ino, b)?;
-        st.dirty_seqs.entry(ino).or_default().insert(seq);
         let d = st.dirty.entry(ino).or_default();
         *d += len;
         if *d >= self.cfg.commit_bytes {
@@ -228,20 +388,8 @@ impl Engine {
                 let at = (from - off) as usize;
                 let len = (to - from) as usize;
                 match e.src.advance(from - e_off) {
-                    Src::Dirty { seq, off: d_off } => {
-                        let blob = self
-                            .db
-                            .get_pinned_cf(&self.cf(cf::DIRTY), db::key2(ino, seq))?
-                            .ok_or_else(|| {
-                                FsError::Corrupt(format!(
-                                    "dirty data {seq} of inode {ino} is missing"
-                                ))
-                            })?;
-                        let s = d_off as usize;
-                        let src = blob
-                            .get(s..s + len)
-                            .ok_or_else(|| FsError::Corrupt("dirty extent out of range".into()))?;
-                        out[at..at + len].copy_from_slice(src);
+                    Src::Dirty { pos, off: d_off } => {
+                        self.read_dirty(&mut st, ino, pos + d_off, &mut out[at..at + len])?;
                     }
                     Src::Chunk { id, off: c_off } => pieces.push(Piece::Chunk {
                         at,
@@ -318,22 +466,16 @@ impl Engine {
         }
         for run in runs {
             let run_start = run[0].0;
-            let mut buf = Vec::new();
+            let total: u64 = run.iter().map(|(_, e)| e.len).sum();
+            let mut buf = vec![0u8; total as usize];
+            let mut at = 0;
             for (_, e) in &run {
-                let Src::Dirty { seq, off } = e.src else {
+                let Src::Dirty { pos, off } = e.src else {
                     continue;
                 };
-                let blob = self
-                    .db
-                    .get_pinned_cf(&self.cf(cf::DIRTY), db::key2(ino, seq))?
-                    .ok_or_else(|| {
-                        FsError::Corrupt(format!("dirty data {seq} of inode {ino} is missing"))
-                    })?;
-                let s = off as usize;
-                buf.extend_from_slice(
-                    blob.get(s..s + e.len as usize)
-                        .ok_or_else(|| FsError::Corrupt("dirty extent out of range".into()))?,
-                );
+                let n = e.len as usize;
+                self.read_dirty(st, ino, pos + off, &mut buf[at..at + n])?;
+                at += n;
             }
             let cuts = chunk::cut(&buf);
             let n = if final_ {
@@ -357,35 +499,8 @@ impl Engine {
                 self.write_extents(st, ino, b)?;
             }
         }
-        // Drop dirty writes no extent refers to any more, and recount what is left.
-        let mut live = HashSet::new();
-        let mut left = 0;
-        for (_, e) in self.extents_in(st, ino, 0, u64::MAX)? {
-            if let Src::Dirty { seq, .. } = e.src {
-                live.insert(seq);
-                left += e.len;
-            }
-        }
-        let dirty = self.cf(cf::DIRTY);
-        let mut b = WriteBatch::default();
-        let seqs = st.dirty_seqs.entry(ino).or_default();
-        seqs.retain(|seq| {
-            let keep = live.contains(seq);
-            if !keep {
-                b.delete_cf(&dirty, db::key2(ino, *seq));
-            }
-            keep
-        });
-        if seqs.is_empty() {
-            st.dirty_seqs.remove(&ino);
-        }
-        self.db.write(b)?;
-        if left == 0 {
-            st.dirty.remove(&ino);
-        } else {
-            st.dirty.insert(ino, left);
-        }
-        Ok(())
+        // Free the dirty bytes no extent refers to any more, and recount what is left.
+        self.reclaim_dirty(st, ino)
     }
 
     /// Commits a file's dirty data (on flush and close).
@@ -400,6 +515,7 @@ impl Engine {
         {
             let mut st = lock(&self.state);
             self.commit_locked(&mut st, ino, true)?;
+            self.sync_block_files(&mut st)?;
         }
         self.db.flush_wal(true)?;
         Ok(())
@@ -414,6 +530,7 @@ impl Engine {
             self.commit_locked(&mut st, ino, true)?;
         }
         self.seal_open_locked(&mut st)?;
+        self.sync_block_files(&mut st)?;
         drop(st);
         self.db.flush_wal(true)?;
         Ok(())

@@ -187,14 +187,23 @@ pub struct EngineStatus {
     pub db_memtables: std::collections::BTreeMap<String, u64>,
 }
 
+/// The block being filled: its bytes in memory and in its file under `db/open/`.
 struct OpenBlock {
     no: u64,
     buf: Vec<u8>,
+    /// The block's file, opened on the first append.
+    file: Option<std::fs::File>,
+}
+
+/// A file's dirty file (`db/dirty/<ino>`): its writes not yet chunked, appended in order.
+struct DirtyFile {
+    file: std::fs::File,
+    /// Where the next write is appended.
+    end: u64,
 }
 
 struct State {
     next_ino: u64,
-    next_seq: u64,
     open: OpenBlock,
     /// Dirty bytes per inode since its last commit.
     dirty: HashMap<Ino, u64>,
@@ -207,9 +216,8 @@ struct State {
     /// file leaves in the memtable (a database doing small transactions makes thousands), so
     /// every change goes to both and reads come from here.
     extents: lru::LruCache<Ino, std::collections::BTreeMap<u64, Extent>>,
-    /// Sequence numbers of the dirty writes stored per inode (for garbage collection without
-    /// iterating over deleted keys).
-    dirty_seqs: HashMap<Ino, std::collections::BTreeSet<u64>>,
+    /// Dirty files of inodes with dirty data, open.
+    dirty_files: HashMap<Ino, DirtyFile>,
 }
 
 /// Files whose extent maps stay in memory.
@@ -220,6 +228,14 @@ pub struct Engine {
     db: Arc<Rdb>,
     /// The block cache: one plain file per block (see `blocks.rs`).
     cache_dir: std::path::PathBuf,
+    /// Dirty files, one per inode with writes not yet chunked (see `data.rs`).
+    dirty_dir: std::path::PathBuf,
+    /// The open block's file (see `blocks.rs`).
+    open_dir: std::path::PathBuf,
+    /// Shards of recently sealed blocks kept in memory for the uploader (see `blocks.rs`).
+    staged: Mutex<blocks::Staged>,
+    /// Sealed blocks whose files were not synced to disk yet (fsync and sync do it).
+    unsynced: Mutex<HashSet<u64>>,
     keys: Keys,
     cfg: EngineConfig,
     store: Arc<dyn ShardStore>,
@@ -246,8 +262,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 const META_NEXT_INO: &[u8] = b"next_ino";
-const META_NEXT_SEQ: &[u8] = b"next_seq";
 const META_NEXT_BLOCK: &[u8] = b"next_block";
+/// How many bytes of the open block's file the chunk index refers to (a crash can leave more).
+const META_OPEN_LEN: &[u8] = b"open_len";
 
 impl Engine {
     /// Opens (or creates) the engine's database in `dir`.
@@ -266,32 +283,30 @@ impl Engine {
             })
         };
         let next_ino = counter(META_NEXT_INO, ROOT + 1)?;
-        let next_seq = counter(META_NEXT_SEQ, 1)?;
         let next_block = counter(META_NEXT_BLOCK, 1)?;
+        let open_len = counter(META_OPEN_LEN, 0)?;
         drop(meta);
-        // The block being filled survives restarts as its segments in the OPEN family.
-        let mut buf = Vec::new();
-        {
-            let open = db::handle(&db, cf::OPEN);
-            for item in db.iterator_cf(&open, rocksdb::IteratorMode::Start) {
-                let (k, v) = item?;
-                if db::be_u64(&k, 0) == Some(next_block) {
-                    buf.extend_from_slice(&v);
-                }
-            }
-        }
         let cache_dir = dir.join(blocks::CACHE_DIR);
-        std::fs::create_dir_all(&cache_dir)?;
+        let dirty_dir = dir.join(data::DIRTY_DIR);
+        let open_dir = dir.join(blocks::OPEN_DIR);
+        for d in [&cache_dir, &dirty_dir, &open_dir] {
+            std::fs::create_dir_all(d)?;
+        }
+        let buf = blocks::recover_open_block(&db, &open_dir, &cache_dir, next_block, open_len)?;
         let engine = Arc::new(Self {
             cache_dir,
+            dirty_dir,
+            open_dir,
+            staged: Mutex::new(blocks::Staged::default()),
+            unsynced: Mutex::new(HashSet::new()),
             keys,
             store,
             state: Mutex::new(State {
                 next_ino,
-                next_seq,
                 open: OpenBlock {
                     no: next_block,
                     buf,
+                    file: None,
                 },
                 dirty: HashMap::new(),
                 open_files: HashMap::new(),
@@ -300,7 +315,7 @@ impl Engine {
                     std::num::NonZeroUsize::new(EXTENT_CACHE_FILES)
                         .unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
-                dirty_seqs: HashMap::new(),
+                dirty_files: HashMap::new(),
             }),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::MIN.saturating_add(15),
@@ -362,15 +377,8 @@ impl Engine {
     /// account the upload queue.
     fn recover(&self) -> FsResult<()> {
         let mut st = lock(&self.state);
-        let dirty = self.cf(cf::DIRTY);
-        for item in self.db.iterator_cf(&dirty, rocksdb::IteratorMode::Start) {
-            let (k, v) = item?;
-            if let (Some(ino), Some(seq)) = (db::be_u64(&k, 0), db::be_u64(&k, 8)) {
-                *st.dirty.entry(ino).or_default() += v.len() as u64;
-                st.dirty_seqs.entry(ino).or_default().insert(seq);
-            }
-        }
-        drop(dirty);
+        self.migrate_dirty_cf(&mut st)?;
+        self.recover_dirty(&mut st)?;
         let inodes = self.cf(cf::INODES);
         let mut orphans = Vec::new();
         for item in self.db.iterator_cf(&inodes, rocksdb::IteratorMode::Start) {
@@ -667,13 +675,14 @@ impl Engine {
     /// Deletes an inode with its extents, dirty data and xattrs.
     fn destroy_inode(&self, st: &mut State, ino: Ino) -> FsResult<()> {
         st.extents.pop(&ino);
-        st.dirty_seqs.remove(&ino);
         st.dirty.remove(&ino);
         let mut b = WriteBatch::default();
         b.delete_cf(&self.cf(cf::INODES), db::key1(ino));
-        for fam in [cf::EXTENTS, cf::DIRTY] {
-            b.delete_range_cf(&self.cf(fam), db::key2(ino, 0), db::key2(ino + 1, 0));
-        }
+        b.delete_range_cf(
+            &self.cf(cf::EXTENTS),
+            db::key2(ino, 0),
+            db::key2(ino + 1, 0),
+        );
         b.delete_range_cf(
             &self.cf(cf::XATTRS),
             ino.to_be_bytes(),
@@ -681,6 +690,8 @@ impl Engine {
         );
         self.set_parent(&mut b, ino, None);
         self.db.write(b)?;
+        // After the batch: until then extents may still refer to the dirty file.
+        self.remove_dirty_file(st, ino)?;
         Ok(())
     }
 

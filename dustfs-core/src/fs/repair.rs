@@ -406,22 +406,28 @@ impl Engine {
             let mut b = WriteBatch::default();
             let mut bytes = 0;
             let mut count = 0;
-            for (i, (id, data)) in shards.iter().enumerate() {
+            let mut staged = lock(&self.staged);
+            for (i, (id, data)) in shards.into_iter().enumerate() {
                 let key = db::key2(no, i as u64);
                 // A shard still waiting in the outbox is queued already.
                 if rec.shards.get(i).is_some_and(|s| s.supplier.is_none())
                     && self.db.get_pinned_cf(&self.cf(cf::OUTBOX), key)?.is_none()
                 {
-                    if *id != rec.shards[i].id {
+                    if id != rec.shards[i].id {
                         return Err(FsError::Corrupt(format!(
                             "block {no}: rebuilt shard {i} differs from its record"
                         )));
                     }
-                    b.put_cf(&self.cf(cf::OUTBOX), key, data);
-                    bytes += data.len() as u64;
+                    let len = data.len() as u64;
+                    b.put_cf(&self.cf(cf::OUTBOX), key, super::blocks::queue_value(len));
+                    // Kept in memory for the uploader when there is room; otherwise it
+                    // rebuilds the block again when it gets to the shard.
+                    staged.put(no, i, data);
+                    bytes += len;
                     count += 1;
                 }
             }
+            drop(staged);
             if let Some(t) = next(rec.state, BlockEvent::RepairStart) {
                 rec.state = t;
             }

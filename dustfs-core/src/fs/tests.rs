@@ -1181,3 +1181,126 @@ fn cached_blocks_are_files_and_a_rotten_one_is_fetched_again_from_suppliers() {
     assert_eq!(t.fs.status().unwrap().cache_bytes, before);
     assert_eq!(t.read_all(ino), data);
 }
+
+/// Bytes allocated on disk for a file (holes excluded).
+fn allocated(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+#[test]
+fn a_long_write_keeps_dirty_bytes_in_a_file_that_is_freed_as_it_is_committed() {
+    let t = setup(6, usize::MAX);
+    let data = random(40 << 20, 21);
+    let ino =
+        t.fs.create(ROOT, OsStr::new("long"), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap()
+            .ino;
+    t.fs.opened(ino).unwrap();
+    for (n, piece) in data.chunks(1 << 20).enumerate() {
+        t.fs.write(ino, (n << 20) as u64, piece).unwrap();
+    }
+    let dirty = t.path.join(data::DIRTY_DIR).join(format!("{ino:016x}"));
+    // Every 16 MiB is committed; what was committed is punched out of the dirty file.
+    assert_eq!(std::fs::metadata(&dirty).unwrap().len(), 40 << 20);
+    assert!(
+        allocated(&dirty) <= 24 << 20,
+        "{} bytes still allocated",
+        allocated(&dirty)
+    );
+    assert_eq!(t.read_all(ino), data);
+    t.fs.released(ino).unwrap();
+    assert!(!dirty.exists(), "the dirty file outlived its last commit");
+    assert_eq!(t.fs.status().unwrap().dirty_bytes, 0);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
+
+#[test]
+fn a_crash_while_sealing_or_appending_to_the_open_block_loses_nothing() {
+    let mut t = setup(6, usize::MAX);
+    let a = random(1 << 20, 22);
+    let ino = t.file("a", &a);
+    let no = lock(&t.fs.state).open.no;
+    let name = format!("{no:016x}");
+    let open = t.path.join(blocks::OPEN_DIR).join(&name);
+    let cached = t.path.join(blocks::CACHE_DIR).join(&name);
+    assert!(open.exists());
+    // A crash after sealing renamed the block's file into the cache, before its batch.
+    let bytes = std::fs::read(&open).unwrap();
+    t.reopen();
+    std::fs::rename(&open, &cached).unwrap();
+    // ...and a write cut short after its bytes reached the file, before its batch.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&cached)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"bytes no chunk refers to").unwrap();
+    drop(f);
+    t.reopen();
+    assert_eq!(
+        std::fs::read(&open).unwrap(),
+        bytes,
+        "open block not restored"
+    );
+    assert!(!cached.exists());
+    assert_eq!(t.read_all(ino), a);
+    let b = random(9 << 20, 23);
+    let ino_b = t.file("b", &b);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), a);
+    assert_eq!(t.read_all(ino_b), b);
+    t.assert_all_healthy();
+}
+
+#[test]
+fn queued_shards_not_kept_in_memory_are_encoded_again_from_their_block() {
+    let t = setup(6, usize::MAX);
+    let data = random(24 << 20, 24);
+    let ino = t.file("a", &data);
+    t.fs.seal_all().unwrap();
+    assert!(lock(&t.fs.staged).bytes > 0);
+    *lock(&t.fs.staged) = blocks::Staged::default();
+    t.sync();
+    t.assert_all_healthy();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
+
+#[test]
+fn dirty_writes_kept_in_the_database_by_earlier_versions_are_moved_into_files() {
+    let mut t = setup(6, usize::MAX);
+    let data = random(300_000, 25);
+    let ino =
+        t.fs.create(ROOT, OsStr::new("old"), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap()
+            .ino;
+    // What an earlier version left: two dirty writes as values, extents naming them by
+    // sequence number.
+    let mut b = WriteBatch::default();
+    let (first, second) = data.split_at(100_000);
+    for (seq, off, part) in [(7u64, 0u64, first), (9, 100_000, second)] {
+        b.put_cf(&t.fs.cf(cf::DIRTY), db::key2(ino, seq), part);
+        let e = Extent {
+            len: part.len() as u64,
+            src: Src::Dirty { pos: seq, off: 0 },
+        };
+        b.put_cf(&t.fs.cf(cf::EXTENTS), db::key2(ino, off), db::encode(&e));
+    }
+    let mut inode = t.fs.get_inode(ino).unwrap();
+    inode.size = data.len() as u64;
+    t.fs.put_inode(&mut b, &inode);
+    t.fs.db.write(b).unwrap();
+    t.reopen();
+    assert_eq!(t.read_all(ino), data);
+    let left =
+        t.fs.db
+            .iterator_cf(&t.fs.cf(cf::DIRTY), rocksdb::IteratorMode::Start)
+            .count();
+    assert_eq!(left, 0, "dirty values left in the database");
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}

@@ -139,9 +139,9 @@ pub enum Src {
     },
     /// From a dirty write not yet chunked, `off` bytes into it.
     Dirty {
-        /// dirty write sequence number
-        seq: u64,
-        /// offset into the dirty bytes
+        /// where the write starts in the inode's dirty file
+        pos: u64,
+        /// offset into the write
         off: u64,
     },
 }
@@ -151,7 +151,7 @@ impl Src {
     pub fn advance(self, d: u64) -> Self {
         match self {
             Src::Chunk { id, off } => Src::Chunk { id, off: off + d },
-            Src::Dirty { seq, off } => Src::Dirty { seq, off: off + d },
+            Src::Dirty { pos, off } => Src::Dirty { pos, off: off + d },
         }
     }
 }
@@ -243,7 +243,7 @@ mod tests {
                 id: ChunkId(id),
                 off
             }),
-            (any::<u64>(), any::<u64>()).prop_map(|(seq, off)| Src::Dirty { seq, off }),
+            (any::<u64>(), any::<u64>()).prop_map(|(pos, off)| Src::Dirty { pos, off }),
         ];
         (any::<u64>(), src).prop_map(|(len, src)| Extent { len, src })
     }
