@@ -34,6 +34,11 @@ pub fn errno(e: &FsError) -> i32 {
         FsError::Invalid => libc::EINVAL,
         FsError::NameTooLong => libc::ENAMETOOLONG,
         FsError::NoAttr => libc::ENODATA,
+        // A full local disk (dirty data and open blocks are local files): the writer is told
+        // so, and nothing it wrote before is lost.
+        FsError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+            libc::ENOSPC
+        }
         FsError::Unavailable(_)
         | FsError::Corrupt(_)
         | FsError::Db(_)
@@ -650,5 +655,9 @@ mod tests {
         assert_eq!(errno(&FsError::NotFound), libc::ENOENT);
         assert_eq!(errno(&FsError::NotEmpty), libc::ENOTEMPTY);
         assert_eq!(errno(&FsError::Unavailable("x".into())), libc::EIO);
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(errno(&FsError::Io(full)), libc::ENOSPC);
+        let other = std::io::Error::from_raw_os_error(libc::EROFS);
+        assert_eq!(errno(&FsError::Io(other)), libc::EIO);
     }
 }
