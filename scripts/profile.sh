@@ -45,6 +45,8 @@ case $WHAT in
     run "cat '$W/mnt/big' > /dev/null" ;;
   *) echo "usage: $0 write|read [SIZE_MIB]" >&2; exit 2 ;;
 esac
+rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+echo "peak RSS: mount $(rss "$(cat "$W/home/mount.pid")") MiB, suppliers$(for i in 1 2 3 4 5 6; do printf ' %s' "$(rss "$(cat "$W/net/node-$i/pid")")"; done) MiB"
 echo "--- CPU samples by process (mount: pid $(cat "$W/home/mount.pid"); suppliers:$(for i in 1 2 3 4 5 6; do printf ' %s' "$(cat "$W/net/node-$i/pid")"; done))"
 perf report -i /tmp/dustfs-profile.data --no-children --sort pid --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
 echo "--- by function (self time)"

@@ -254,6 +254,7 @@ async fn drain(
     node: &Node,
     w: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<bool> {
+    let mut last_progress: Option<std::time::Instant> = None;
     loop {
         let e = engine.clone();
         let (shards, bytes) = match tokio::task::spawn_blocking(move || e.pending()).await? {
@@ -266,6 +267,15 @@ async fn drain(
         if shards == 0 {
             return Ok(true);
         }
+        // Woken by every upload round (not a fixed sleep: a 250 ms poll added up to half a
+        // second to every sync, twice); progress lines go out four times a second at most.
+        if last_progress.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+            let e = engine.clone();
+            tokio::task::spawn_blocking(move || e.wait_progress(Duration::from_millis(250)))
+                .await?;
+            continue;
+        }
+        last_progress = Some(std::time::Instant::now());
         let suppliers = node.suppliers().len();
         if send(
             w,
@@ -281,7 +291,8 @@ async fn drain(
             warn!("sync client went away; uploads continue in the background");
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || e.wait_progress(Duration::from_millis(250))).await?;
     }
 }
 
