@@ -4,7 +4,7 @@
 # Usage: scripts/profile.sh write|read [SIZE_MIB (512)]   (root; builds release; needs perf)
 #   write: copy SIZE_MIB of random data in and `dustfs sync` (durable on suppliers)
 #   read:  cold sequential read of it after `dustfs cache drop` and dropping the page cache
-# The raw profile stays in /tmp/dustfs-profile.data for `perf report -i`.
+# The raw profile stays in /tmp/dustfs-profile.data for `perf report -i`. PERF=0 only times it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-write}
@@ -33,9 +33,11 @@ done
 run() {
   local t0 t1
   t0=$(date +%s.%N)
-  perf record -q -a -g -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
+  if [ "${PERF:-1}" = 0 ]; then bash -c "$1"; else
+    perf record -q -a -g -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
+  fi
   t1=$(date +%s.%N)
-  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s under perf')"
+  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
 }
 case $WHAT in
   write) run "cp '$W/big' '$W/mnt/big' && '$B' --home '$W/home' sync >/dev/null" ;;
@@ -47,6 +49,7 @@ case $WHAT in
 esac
 rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 echo "peak RSS: mount $(rss "$(cat "$W/home/mount.pid")") MiB, suppliers$(for i in 1 2 3 4 5 6; do printf ' %s' "$(rss "$(cat "$W/net/node-$i/pid")")"; done) MiB"
+[ "${PERF:-1}" = 0 ] && exit 0
 echo "--- CPU samples by process (mount: pid $(cat "$W/home/mount.pid"); suppliers:$(for i in 1 2 3 4 5 6; do printf ' %s' "$(cat "$W/net/node-$i/pid")"; done))"
 perf report -i /tmp/dustfs-profile.data --no-children --sort pid --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
 echo "--- by function (self time)"
