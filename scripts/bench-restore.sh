@@ -6,16 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NFILES=${1:-10000}
 BIG=${2:-256}
-cargo build --release -p dustfs >/dev/null
-B=$PWD/target/release/dustfs
-W=$(mktemp -d /tmp/dustfs-bench-restore.XXXXXX)
-cleanup() {
-  umount "$W/mnt" 2>/dev/null || true
-  "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
-  sleep 1
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. scripts/workdir.sh bench-restore
 now() { date +%s.%N; }
 mkdir -p "$W/mnt"
 "$B" testnet up --dir "$W/net" --nodes 6 >/dev/null

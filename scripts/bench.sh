@@ -8,18 +8,11 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-512}
 NFILES=${2:-5000}
 bash scripts/install-deps.sh
-cargo build --release -p dustfs >/dev/null
-B=$PWD/target/release/dustfs
-W=$(mktemp -d /tmp/dustfs-bench.XXXXXX)
-cleanup() {
-  umount "$W/mnt" 2>/dev/null || true
+extra_cleanup() {
   fusermount3 -u "$W/bind" 2>/dev/null || umount "$W/bind" 2>/dev/null || true
   fusermount3 -u "$W/rclone" 2>/dev/null || umount "$W/rclone" 2>/dev/null || true
-  "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
-  sleep 1
-  rm -rf "$W"
 }
-trap cleanup EXIT
+. scripts/workdir.sh bench
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1/($3-$2):.1f}')"; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }

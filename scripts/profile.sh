@@ -10,16 +10,7 @@ cd "$(dirname "$0")/.."
 WHAT=${1:-write}
 SIZE_MIB=${2:-512}
 command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
-cargo build --release -p dustfs >/dev/null
-B=$PWD/target/release/dustfs
-W=$(mktemp -d /tmp/dustfs-profile.XXXXXX)
-cleanup() {
-  umount "$W/mnt" 2>/dev/null || true
-  "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
-  sleep 1
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. scripts/workdir.sh profile
 mkdir -p "$W/mnt"
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/big"
 "$B" testnet up --dir "$W/net" --nodes 6 >/dev/null

@@ -98,6 +98,14 @@ impl T {
         );
     }
 
+    /// Seals and uploads everything, drops every cached block and checks that `ino` reads
+    /// back from suppliers as `want`.
+    fn assert_reads_back_from_suppliers(&self, ino: Ino, want: &[u8]) {
+        self.sync();
+        self.fs.cache_drop().unwrap();
+        assert_eq!(self.read_all(ino), want);
+    }
+
     fn sync(&self) {
         self.fs.seal_all().unwrap();
         for _ in 0..1000 {
@@ -237,9 +245,7 @@ fn random_writes_truncates_and_holes_match_a_reference() {
         }
     }
     t.fs.released(i).unwrap();
-    t.sync();
-    t.fs.cache_drop().unwrap();
-    assert_eq!(t.read_all(i), reference);
+    t.assert_reads_back_from_suppliers(i, &reference);
 }
 
 #[test]
@@ -256,9 +262,7 @@ fn everything_survives_a_restart_without_sync() {
     // No release, no sync: dirty data, an open block and queued shards all exist now.
     t.reopen();
     assert_eq!(t.read_all(i), data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
-    assert_eq!(t.read_all(i), data);
+    t.assert_reads_back_from_suppliers(i, &data);
 }
 
 #[test]
@@ -1215,9 +1219,7 @@ fn a_long_write_cycles_through_a_bounded_dirty_file() {
     t.fs.released(ino).unwrap();
     assert!(!dirty.exists(), "the dirty file outlived its last commit");
     assert_eq!(t.fs.status().unwrap().dirty_bytes, 0);
-    t.sync();
-    t.fs.cache_drop().unwrap();
-    assert_eq!(t.read_all(ino), data);
+    t.assert_reads_back_from_suppliers(ino, &data);
 }
 
 #[test]
@@ -1251,9 +1253,7 @@ fn a_crash_while_sealing_or_appending_to_the_open_block_loses_nothing() {
     assert_eq!(t.read_all(ino), a);
     let b = random(9 << 20, 23);
     let ino_b = t.file("b", &b);
-    t.sync();
-    t.fs.cache_drop().unwrap();
-    assert_eq!(t.read_all(ino), a);
+    t.assert_reads_back_from_suppliers(ino, &a);
     assert_eq!(t.read_all(ino_b), b);
     t.assert_all_healthy();
 }
@@ -1303,7 +1303,5 @@ fn dirty_writes_kept_in_the_database_by_earlier_versions_are_moved_into_files() 
             .iterator_cf(&t.fs.cf(cf::DIRTY), rocksdb::IteratorMode::Start)
             .count();
     assert_eq!(left, 0, "dirty values left in the database");
-    t.sync();
-    t.fs.cache_drop().unwrap();
-    assert_eq!(t.read_all(ino), data);
+    t.assert_reads_back_from_suppliers(ino, &data);
 }
