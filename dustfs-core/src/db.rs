@@ -27,7 +27,8 @@ pub mod cf {
     pub const DIRENTS: &str = "dirents";
     /// Inode number + file offset → extent.
     pub const EXTENTS: &str = "extents";
-    /// Inode number + sequence → dirty bytes not yet chunked.
+    /// Inode number + sequence → dirty bytes not yet chunked. Written by earlier versions
+    /// only: dirty bytes now live in `db/dirty/<ino>` files and old values are moved there.
     pub const DIRTY: &str = "dirty";
     /// Inode number + name → extended attribute value.
     pub const XATTRS: &str = "xattrs";
@@ -35,11 +36,14 @@ pub mod cf {
     pub const CHUNKS: &str = "chunks";
     /// Block number → block record (redundancy, shards, suppliers, health).
     pub const BLOCKS: &str = "blocks";
-    /// Block number + offset → sealed chunk bytes of the block still being filled.
+    /// Block number + offset → sealed chunk bytes of the block still being filled. Written by
+    /// earlier versions only: the open block now lives in `db/open/<block>`.
     pub const OPEN: &str = "open";
-    /// Block number + shard index → shard bytes waiting for upload (the upload queue).
+    /// Block number + shard index → the shard's size, waiting for upload (the upload queue;
+    /// earlier versions stored the shard bytes, which are still uploaded as they are).
     pub const OUTBOX: &str = "outbox";
-    /// Block number → block bytes (the local block cache).
+    /// Block number → block bytes. Unused: the block cache is `db/blockcache/<block>` files;
+    /// what earlier versions cached here is dropped at open.
     pub const CACHE: &str = "cache";
     /// Named counters and settings.
     pub const META: &str = "meta";
