@@ -630,13 +630,11 @@ mod tests {
     }
 
     fn contract(d: &ShardDir, key: &SigningKey, quota: u64) -> Response {
-        let env = signed(
-            key,
-            Op::Contract {
-                quota,
-                expires_ms: protocol::now_ms() + 3_600_000,
-            },
-        );
+        contract_until(d, key, quota, protocol::now_ms() + 3_600_000)
+    }
+
+    fn contract_until(d: &ShardDir, key: &SigningKey, quota: u64, expires_ms: u64) -> Response {
+        let env = signed(key, Op::Contract { quota, expires_ms });
         let r = answer(
             d,
             &protocol::encode_request(&Request::Contract(env.clone())),
@@ -649,6 +647,50 @@ mod tests {
 
     fn answer(d: &ShardDir, frame: &[u8]) -> Response {
         protocol::decode_response(&d.handle(frame)).unwrap()
+    }
+
+    #[test]
+    fn a_lapsed_contract_stops_stores_until_it_is_renewed_also_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k = SigningKey::from_bytes(&[3; 32]);
+        let d = open(tmp.path(), 1000);
+        let short = protocol::now_ms() + 1500;
+        assert!(matches!(
+            contract_until(&d, &k, 1000, short),
+            Response::ContractGranted(_)
+        ));
+        assert_eq!(answer(&d, &store_req(&k, b"before")), Response::Stored);
+        std::thread::sleep(std::time::Duration::from_millis(1600));
+        assert_eq!(
+            answer(&d, &store_req(&k, b"after")),
+            Response::Error(WireError::NoContract)
+        );
+        // What was stored under the contract is still served.
+        let fetch = Request::Fetch {
+            customer: k.verifying_key().to_bytes(),
+            shard: ShardId::of(b"before"),
+            range: None,
+        };
+        assert_eq!(
+            answer(&d, &protocol::encode_request(&fetch)),
+            Response::Shard(b"before".to_vec())
+        );
+        // A restart reads the lapsed contract from disk and still refuses.
+        drop(d);
+        let d = open(tmp.path(), 1000);
+        assert_eq!(
+            answer(&d, &store_req(&k, b"after")),
+            Response::Error(WireError::NoContract)
+        );
+        // Renewed: stores go on, and the renewal survives a restart too.
+        assert!(matches!(
+            contract(&d, &k, 1000),
+            Response::ContractGranted(_)
+        ));
+        assert_eq!(answer(&d, &store_req(&k, b"after")), Response::Stored);
+        drop(d);
+        let d = open(tmp.path(), 1000);
+        assert_eq!(answer(&d, &store_req(&k, b"later")), Response::Stored);
     }
 
     #[test]
