@@ -785,33 +785,42 @@ impl Engine {
         }
     }
 
-    /// The bytes of queued shard `i` of block `no`: at hand, or encoded again from the block
-    /// (its pinned file, or rebuilt from suppliers for a repair queued before a restart). The
-    /// other shards encoded on the way are staged for the rest of the round.
-    fn queued_shard(&self, no: u64, i: usize, rec: &BlockRecord) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(b) = self.local_shard(no, i)? {
-            return Ok(b);
+    /// The bytes of queued shards `wanted` of block `no`: at hand, or all encoded again at
+    /// once from the block (its pinned file, or rebuilt from suppliers for a repair queued
+    /// before a restart), so a block is read and encoded at most once per upload round.
+    fn queued_shards(
+        &self,
+        no: u64,
+        wanted: &[usize],
+        rec: &BlockRecord,
+    ) -> FsResult<HashMap<usize, Arc<Vec<u8>>>> {
+        let mut out = HashMap::new();
+        for &i in wanted {
+            if let Some(b) = self.local_shard(no, i)? {
+                out.insert(i, b);
+            }
+        }
+        if out.len() == wanted.len() {
+            return Ok(out);
         }
         let block = match std::fs::read(self.cache_path(no)) {
             Ok(b) if b.len() == rec.len as usize => b,
             _ => self.fetch_block(no)?,
         };
-        let shards = erasure::encode(rec.redundancy, &block)?;
-        let mut wanted = None;
-        let mut staged = lock(&self.staged);
-        for (j, (id, bytes)) in shards.into_iter().enumerate() {
+        for (j, (id, bytes)) in erasure::encode(rec.redundancy, &block)?
+            .into_iter()
+            .enumerate()
+        {
             if rec.shards.get(j).map(|s| s.id) != Some(id) {
                 return Err(FsError::Corrupt(format!(
                     "block {no}: shard {j} encoded again differs from its record"
                 )));
             }
-            if j == i {
-                wanted = Some(Arc::new(bytes));
-            } else if rec.shards[j].supplier.is_none() {
-                staged.put(no, j, bytes);
+            if wanted.contains(&j) {
+                out.entry(j).or_insert_with(|| Arc::new(bytes));
             }
         }
-        wanted.ok_or_else(|| FsError::Corrupt(format!("block {no} has no shard {i}")))
+        Ok(out)
     }
 
     /// One round of uploads: places queued shards of up to a few blocks on suppliers, in
@@ -875,6 +884,13 @@ impl Engine {
                 .filter_map(|s| s.supplier.clone())
                 .collect();
             let refused = up.refused.get(&no).cloned().unwrap_or_default();
+            let mut bytes_of = match self.queued_shards(no, &shards, &rec) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(block = no, error = %e, "cannot read the queued shards of a block; will retry");
+                    continue;
+                }
+            };
             // Rotate each tier of the supplier list by block so load spreads when there are
             // more suppliers than shards; the second tier (reached only through a relay) gets
             // a shard only when the first has no supplier left for it.
@@ -888,14 +904,9 @@ impl Engine {
                             .find(|s| !used.contains(*s) && !refused.contains(*s))
                     })
                     .cloned();
-                if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
-                    let bytes = match self.queued_shard(no, i, &rec) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            warn!(block = no, shard = i, error = %e, "cannot read a queued shard; will retry");
-                            continue;
-                        }
-                    };
+                if let (Some(s), Some(sr), Some(bytes)) =
+                    (pick, rec.shards.get(i), bytes_of.remove(&i))
+                {
                     used.insert(s.clone());
                     jobs.push((no, i, s, sr.id, bytes));
                 }
