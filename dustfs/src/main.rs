@@ -12,7 +12,7 @@ mod home;
 mod mountopts;
 mod testnet;
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -452,6 +452,7 @@ fn mount(
         .create(true)
         .append(true)
         .open(&log_path)?;
+    let log_start = log.metadata()?.len();
     let mut child = Command::new(std::env::current_exe()?)
         .arg("--home")
         .arg(&home.dir)
@@ -496,11 +497,33 @@ fn mount(
             match l.strip_prefix("ERROR ") {
                 Some(e) => bail!("{e}"),
                 None => bail!(
-                    "the mount process exited before the mount was ready; see {}",
-                    log_path.display()
+                    "the mount process exited before the mount was ready; see {}{}",
+                    log_path.display(),
+                    log_tail(&log_path, log_start)
                 ),
             }
         }
+    }
+}
+
+/// The last lines the mount process wrote to its log (from `start` on), to show with an
+/// error so that the user (and a CI log) sees why the mount failed without opening a file.
+fn log_tail(path: &Path, start: u64) -> String {
+    const LINES: usize = 15;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    if f.seek(std::io::SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; it printed:\n{}", tail.join("\n"))
     }
 }
 

@@ -103,8 +103,9 @@ impl Engine {
             return self.remove_dirty_file(st, ino);
         }
         st.dirty.insert(ino, left);
-        let end = st.dirty_files.get(&ino).map_or(0, |d| d.end);
-        if first >= DIRTY_WRAP && end - first <= first {
+        // After a restart the file is not open yet: its end is its length.
+        let end = self.dirty_file(st, ino)?.end;
+        if first >= DIRTY_WRAP && end.saturating_sub(first) <= first {
             return self.wrap_dirty(st, ino, first, end);
         }
         let dead = first & !4095;
@@ -155,7 +156,8 @@ impl Engine {
     }
 
     /// After a restart: dirty bytes per inode from the extents of inodes with a dirty file;
-    /// dirty files no extent refers to (a crash after their last commit) are deleted.
+    /// dirty files no extent refers to (a crash after their last commit) are deleted, the
+    /// others cut after their last live byte (and wrapped if that is due).
     pub(super) fn recover_dirty(&self, st: &mut State) -> FsResult<()> {
         let mut inos = Vec::new();
         for e in std::fs::read_dir(&self.dirty_dir)?.flatten() {
@@ -172,6 +174,21 @@ impl Engine {
             }
         }
         for ino in inos {
+            // Bytes past the last one an extent refers to are a write the crash cut short.
+            let live_end = self
+                .extents_in(st, ino, 0, u64::MAX)?
+                .into_iter()
+                .filter_map(|(_, e)| match e.src {
+                    Src::Dirty { pos, off } => Some(pos + off + e.len),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let df = self.dirty_file(st, ino)?;
+            if df.end > live_end {
+                df.file.set_len(live_end)?;
+                df.end = live_end;
+            }
             self.reclaim_dirty(st, ino)?;
             st.dirty_files.remove(&ino);
         }

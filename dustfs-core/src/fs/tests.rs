@@ -1222,6 +1222,66 @@ fn a_long_write_cycles_through_a_bounded_dirty_file() {
     t.assert_reads_back_from_suppliers(ino, &data);
 }
 
+/// Found by the SIGKILL-during-rsync suite: a restart found a dirty file whose live bytes
+/// all lay past the wrap point before the file was opened, and took its end for 0.
+#[test]
+fn a_restart_with_live_dirty_bytes_far_into_their_file_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let keys = MasterSecret::from_bytes(&[42; 32]).unwrap().derive();
+    let store: Arc<dyn ShardStore> = Arc::new(MemStore::with_suppliers(6, usize::MAX));
+    // No commit while writing: dirty bytes pile up in the file as a crash would find them.
+    let cfg = || EngineConfig {
+        commit_bytes: 1 << 30,
+        ..EngineConfig::default()
+    };
+    let mut fs = Engine::open(&path, keys.clone(), cfg(), store.clone()).unwrap();
+    let mut want = Vec::new();
+    for (name, truncate) in [("keeps", None), ("cut", Some(20u64 << 20))] {
+        let ino = fs
+            .create(ROOT, OsStr::new(name), Kind::File, 0o644, 0, 0, 0, None)
+            .unwrap()
+            .ino;
+        fs.opened(ino).unwrap();
+        let mut data = random(40 << 20, 31);
+        for (n, piece) in data.chunks(1 << 20).enumerate() {
+            fs.write(ino, (n << 20) as u64, piece).unwrap();
+        }
+        // Overwritten: the first live byte is now 20 MiB into the dirty file ("keeps": more
+        // live bytes than dead ones before them; "cut": fewer, so the restart moves them).
+        let over = random(20 << 20, 32);
+        fs.write(ino, 0, &over).unwrap();
+        data[..over.len()].copy_from_slice(&over);
+        if let Some(len) = truncate {
+            let a = SetAttr {
+                size: Some(len),
+                ..SetAttr::default()
+            };
+            fs.setattr(ino, a).unwrap();
+            data.truncate(len as usize);
+        }
+        want.push((ino, data));
+    }
+    for _ in 0..2 {
+        drop(fs);
+        fs = Engine::open(&path, keys.clone(), cfg(), store.clone()).unwrap();
+        for (ino, data) in &want {
+            let mut out = Vec::new();
+            while out.len() < data.len() {
+                out.extend(fs.read(*ino, out.len() as u64, 1 << 20).unwrap());
+            }
+            assert!(out == *data, "inode {ino} changed across a restart");
+        }
+    }
+    // The restart moved the 20 live MiB of "cut" from 40 MiB into its file to the start: the
+    // next write follows them there.
+    let (ino, data) = &want[1];
+    let cut = path.join(data::DIRTY_DIR).join(format!("{ino:016x}"));
+    fs.write(*ino, data.len() as u64, &random(1 << 20, 33))
+        .unwrap();
+    assert_eq!(std::fs::metadata(&cut).unwrap().len(), 21 << 20);
+}
+
 #[test]
 fn a_crash_while_sealing_or_appending_to_the_open_block_loses_nothing() {
     let mut t = setup(6, usize::MAX);
