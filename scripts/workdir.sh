@@ -3,14 +3,21 @@
 # $W/mnt unmounted, the testnet at $W/net stopped (by the PIDs it recorded), the directory
 # removed. A script can define `extra_cleanup` for what else it mounted.
 #   . scripts/workdir.sh NAME
-cargo build --release -p dustfs >/dev/null
-B=$PWD/target/release/dustfs
+# DUSTFS_BIN=/path/to/dustfs uses that binary instead (A/B runs of two builds); KEEP=1 keeps
+# $W (the logs) after the run.
+if [ -n "${DUSTFS_BIN:-}" ]; then
+  B=$DUSTFS_BIN
+else
+  cargo build --release -p dustfs >/dev/null
+  B=$PWD/target/release/dustfs
+fi
 W=$(mktemp -d "/tmp/dustfs-$1.XXXXXX")
 cleanup() {
   if declare -F extra_cleanup >/dev/null; then extra_cleanup; fi
   umount "$W/mnt" 2>/dev/null || true
   "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
   sleep 1
-  rm -rf "$W"
+  if [ -n "${KEEP:-}" ]; then echo "kept $W (logs: $W/home/mount.log, $W/net/node-*/log)" >&2
+  else rm -rf "$W"; fi
 }
 trap cleanup EXIT

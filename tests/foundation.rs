@@ -32,6 +32,17 @@ fn rsync_tree_survives_remount_two_dead_suppliers_and_a_cold_cache() {
     // The byte count agrees (it once drifted when the uploader beat a seal to its counter).
     assert_eq!(st["upload_queue"]["bytes"], 0, "{st}");
     assert!(st["blocks"]["healthy"].as_u64().unwrap_or(0) >= 17, "{st}");
+    // Every node listens on TCP and QUIC: the bytes went over TCP, the faster of the two
+    // here (the bootstrap dials' QUIC connections are closed once TCP ones are up).
+    let suppliers = st["suppliers"].as_array().cloned().unwrap_or_default();
+    assert!(suppliers.len() >= 6, "{st}");
+    for p in &suppliers {
+        let p = p.as_str().unwrap_or_default();
+        if p == st["peer_id"] {
+            continue;
+        }
+        assert_eq!(st["peer_transports"][p], "tcp", "{p}: {st}");
+    }
     c.umount();
     net.kill(1);
     net.kill(2);

@@ -11,7 +11,7 @@ use dustfs_core::store::{ShardStore, StoreError, SupplierId};
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
 
-use crate::host::Node;
+use crate::host::{NetError, Node};
 use crate::protocol::{self, Envelope, Op, Request, Response, WireError};
 
 /// How long a supplier that could not be reached is skipped without trying.
@@ -28,6 +28,8 @@ pub struct NetStore {
     dead: Mutex<HashMap<PeerId, Instant>>,
     /// Contracts granted (and verified): supplier → (quota, expiry in Unix ms).
     contracts: Mutex<HashMap<PeerId, (u64, u64)>>,
+    /// Requests sent again because their connection closed before the answer.
+    resent: std::sync::atomic::AtomicU64,
 }
 
 impl NetStore {
@@ -39,7 +41,14 @@ impl NetStore {
             rt,
             dead: Mutex::new(HashMap::new()),
             contracts: Mutex::new(HashMap::new()),
+            resent: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Requests sent a second time because the connection they went out on closed before
+    /// their answer came.
+    pub fn resent(&self) -> u64 {
+        self.resent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Signs `op` for `supplier` (its key is the audience).
@@ -65,25 +74,30 @@ impl NetStore {
         {
             return Ok(quota);
         }
-        let offered = match self.call(
-            supplier,
-            &Request::Usage {
+        let offered = match self.call(supplier, || {
+            Ok(Request::Usage {
                 customer: self.customer(),
-            },
-        )? {
+            })
+        })? {
             Response::Usage { quota, .. } => quota,
             Response::Error(e) => return Err(refusal(e)),
             _ => return Err(StoreError::Refused("unexpected answer to usage".into())),
         };
         let expires_ms = now + CONTRACT_TERM_MS;
-        let env = self.sign(
-            supplier,
-            Op::Contract {
-                quota: offered,
-                expires_ms,
-            },
-        )?;
-        match self.call(supplier, &Request::Contract(env.clone()))? {
+        let mut sent = None;
+        let answer = self.call(supplier, || {
+            let env = self.sign(
+                supplier,
+                Op::Contract {
+                    quota: offered,
+                    expires_ms,
+                },
+            )?;
+            sent = Some(env.clone());
+            Ok(Request::Contract(env))
+        })?;
+        let env = sent.ok_or_else(|| StoreError::Refused("no contract was sent".into()))?;
+        match answer {
             Response::ContractGranted(grant) => {
                 env.verify_grant(&grant).map_err(|_| {
                     StoreError::Refused(format!("{supplier} granted a contract it did not sign"))
@@ -103,24 +117,44 @@ impl NetStore {
         d.contains_key(p)
     }
 
-    fn call(&self, supplier: &SupplierId, req: &Request) -> Result<Response, StoreError> {
+    /// Sends the request `make` builds and decodes the answer. When the connection it went
+    /// out on closes before the answer (the node closes spare connections; idle and moved ones
+    /// close too), it is built again, with a fresh envelope, and sent once more: every request
+    /// is idempotent (a shard stored twice is kept once, a second delete finds nothing), and
+    /// a fresh nonce keeps the supplier's replay check from refusing the second copy. A
+    /// supplier that fails otherwise is passed over for [`DEAD_FOR`].
+    fn call(
+        &self,
+        supplier: &SupplierId,
+        mut make: impl FnMut() -> Result<Request, StoreError>,
+    ) -> Result<Response, StoreError> {
         let peer: PeerId = supplier
             .parse()
             .map_err(|_| StoreError::Refused(format!("bad supplier id {supplier}")))?;
         if self.is_dead(&peer) {
             return Err(StoreError::Unreachable(format!("{peer} failed recently")));
         }
-        let frame = protocol::encode_request(req);
-        match self.rt.block_on(self.node.request(peer, frame)) {
-            Ok(resp) => {
-                protocol::decode_response(&resp).map_err(|e| StoreError::Refused(e.to_string()))
-            }
-            Err(e) => {
-                self.dead
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(peer, Instant::now());
-                Err(StoreError::Unreachable(e.to_string()))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let frame = protocol::encode_request(&make()?);
+            match self.rt.block_on(self.node.request(peer, frame)) {
+                Ok(resp) => {
+                    return protocol::decode_response(&resp)
+                        .map_err(|e| StoreError::Refused(e.to_string()));
+                }
+                Err(e @ NetError::ConnectionClosed { .. }) if attempt == 1 => {
+                    tracing::debug!(%peer, error = %e, "sending again");
+                    self.resent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.dead
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(peer, Instant::now());
+                    return Err(StoreError::Unreachable(e.to_string()));
+                }
             }
         }
     }
@@ -137,8 +171,11 @@ impl NetStore {
         device: [u8; 32],
         ttl_ms: u64,
     ) -> Result<LeaseAnswer, StoreError> {
-        let env = self.sign(supplier, Op::Lease { device, ttl_ms })?;
-        match self.call(supplier, &Request::Lease(env))? {
+        match self.call(supplier, || {
+            Ok(Request::Lease(
+                self.sign(supplier, Op::Lease { device, ttl_ms })?,
+            ))
+        })? {
             Response::LeaseGranted => Ok(LeaseAnswer::Granted),
             Response::LeaseHeld {
                 device,
@@ -205,20 +242,19 @@ impl ShardStore for NetStore {
         // One retry: a supplier that lost or let our contract lapse says so, and we ask again.
         for attempt in 0..2 {
             self.ensure_contract(supplier)?;
-            let env = self.sign(
-                supplier,
-                Op::Store {
-                    shard: *id,
-                    len: bytes.len() as u64,
-                },
-            )?;
-            match self.call(
-                supplier,
-                &Request::Store {
+            match self.call(supplier, || {
+                let env = self.sign(
+                    supplier,
+                    Op::Store {
+                        shard: *id,
+                        len: bytes.len() as u64,
+                    },
+                )?;
+                Ok(Request::Store {
                     env,
                     data: bytes.to_vec(),
-                },
-            )? {
+                })
+            })? {
                 Response::Stored => return Ok(()),
                 Response::Error(WireError::NoContract) if attempt == 0 => {
                     if let Ok(p) = supplier.parse::<PeerId>() {
@@ -233,14 +269,13 @@ impl ShardStore for NetStore {
     }
 
     fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError> {
-        match self.call(
-            supplier,
-            &Request::Fetch {
+        match self.call(supplier, || {
+            Ok(Request::Fetch {
                 customer: self.customer(),
                 shard: *id,
                 range: None,
-            },
-        )? {
+            })
+        })? {
             Response::Shard(b) => Ok(b),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -254,15 +289,14 @@ impl ShardStore for NetStore {
         start: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        match self.call(
-            supplier,
-            &Request::Audit {
+        match self.call(supplier, || {
+            Ok(Request::Audit {
                 customer: self.customer(),
                 shard: *id,
                 start,
                 len,
-            },
-        )? {
+            })
+        })? {
             Response::Proof(b) => Ok(b),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -270,12 +304,11 @@ impl ShardStore for NetStore {
     }
 
     fn usage(&self, supplier: &SupplierId) -> Result<(u64, u64), StoreError> {
-        match self.call(
-            supplier,
-            &Request::Usage {
+        match self.call(supplier, || {
+            Ok(Request::Usage {
                 customer: self.customer(),
-            },
-        )? {
+            })
+        })? {
             Response::Usage { used, quota } => Ok((used, quota)),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -283,8 +316,9 @@ impl ShardStore for NetStore {
     }
 
     fn list(&self, supplier: &SupplierId) -> Result<Vec<ShardId>, StoreError> {
-        let env = self.sign(supplier, Op::List)?;
-        match self.call(supplier, &Request::List(env))? {
+        match self.call(supplier, || {
+            Ok(Request::List(self.sign(supplier, Op::List)?))
+        })? {
             Response::List(ids) => Ok(ids),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -292,13 +326,12 @@ impl ShardStore for NetStore {
     }
 
     fn put_root(&self, supplier: &SupplierId, signed: &[u8]) -> Result<(), StoreError> {
-        match self.call(
-            supplier,
-            &Request::PutRoot {
+        match self.call(supplier, || {
+            Ok(Request::PutRoot {
                 customer: self.customer(),
                 record: signed.to_vec(),
-            },
-        )? {
+            })
+        })? {
             Response::RootKept => Ok(()),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -306,8 +339,11 @@ impl ShardStore for NetStore {
     }
 
     fn delete_root(&self, supplier: &SupplierId, seq: u64) -> Result<(), StoreError> {
-        let env = self.sign(supplier, Op::DeleteRoot { seq })?;
-        match self.call(supplier, &Request::DeleteRoot(env))? {
+        match self.call(supplier, || {
+            Ok(Request::DeleteRoot(
+                self.sign(supplier, Op::DeleteRoot { seq })?,
+            ))
+        })? {
             Response::Deleted => Ok(()),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -315,12 +351,11 @@ impl ShardStore for NetStore {
     }
 
     fn get_roots(&self, supplier: &SupplierId) -> Result<Vec<Vec<u8>>, StoreError> {
-        match self.call(
-            supplier,
-            &Request::GetRoots {
+        match self.call(supplier, || {
+            Ok(Request::GetRoots {
                 customer: self.customer(),
-            },
-        )? {
+            })
+        })? {
             Response::Roots(v) => Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect()),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),
@@ -328,8 +363,11 @@ impl ShardStore for NetStore {
     }
 
     fn delete(&self, supplier: &SupplierId, id: &ShardId) -> Result<(), StoreError> {
-        let env = self.sign(supplier, Op::Delete { shard: *id })?;
-        match self.call(supplier, &Request::Delete(env))? {
+        match self.call(supplier, || {
+            Ok(Request::Delete(
+                self.sign(supplier, Op::Delete { shard: *id })?,
+            ))
+        })? {
             Response::Deleted => Ok(()),
             Response::Error(e) => Err(refusal(e)),
             other => Err(unexpected(&other)),

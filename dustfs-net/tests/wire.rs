@@ -271,3 +271,51 @@ async fn a_flooding_peer_is_slowed_down_and_others_are_still_served() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(matches!(ask(&c, &s, usage).await, Response::Usage { .. }));
 }
+
+/// A connection that closes while a store is under way (a spare connection closed, an idle or
+/// moved one) costs the customer one resend, not an error: the store lands once, and the
+/// supplier is not passed over afterwards.
+#[test]
+fn a_store_whose_connection_closes_midway_is_sent_again_and_lands() {
+    use dustfs_core::store::ShardStore;
+    use dustfs_net::store::NetStore;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (s, c, tmp) = rt.block_on(pair("tcp"));
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let store = Arc::new(NetStore::new(c.clone(), key.clone(), rt.handle().clone()));
+    let supplier = s.peer_id.to_string();
+    // Connected, with a contract: what follows is the store alone.
+    let mut tries = 0;
+    while store.ensure_contract(&supplier).is_err() {
+        tries += 1;
+        assert!(tries < 50, "no contract");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut closed_midway = 0;
+    for (n, delay_ms) in [1u64, 3, 10, 30, 1, 3, 10, 30].into_iter().enumerate() {
+        let data = vec![n as u8; 4 << 20];
+        let id = ShardId::of(&data);
+        let resent = store.resent();
+        let h = {
+            let (store, supplier) = (store.clone(), supplier.clone());
+            std::thread::spawn(move || store.store(&supplier, &id, &data))
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        rt.block_on(c.disconnect(s.peer_id)).unwrap();
+        h.join()
+            .unwrap()
+            .expect("the store lands despite the closed connection");
+        closed_midway += store.resent() - resent;
+        // The supplier holds it and is still served to the next request at once.
+        assert_eq!(store.fetch(&supplier, &id).unwrap().len(), 4 << 20);
+    }
+    assert!(
+        closed_midway > 0,
+        "no disconnect hit a store under way; the test proves nothing"
+    );
+    drop(tmp);
+}

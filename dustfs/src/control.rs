@@ -118,6 +118,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "peers": { "connected": n.connected, "known": n.known },
         "connectivity": n.connectivity,
         "peer_paths": n.peer_paths,
+        "peer_transports": n.peer_transports,
         "hole_punched_ms": n.hole_punched_ms,
         "relayed_bytes": { "per_peer": n.relayed_bytes, "total": n.relayed_bytes_total },
         "suppliers": n.suppliers,

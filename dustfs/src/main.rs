@@ -607,10 +607,19 @@ fn status(home: &Home, json: bool) -> Result<()> {
     )?;
     if let Some(paths) = out["peer_paths"].as_object() {
         let relayed = paths.values().filter(|p| *p == "relayed").count();
+        let over = |t: &str| {
+            out["peer_transports"].as_object().map_or(0, |m| {
+                m.values()
+                    .filter(|v| v.as_str().is_some_and(|v| v.contains(t)))
+                    .count()
+            })
+        };
         writeln!(
             out_w,
-            "paths      {} direct, {relayed} through a relay ({} KiB relayed)",
+            "paths      {} direct ({} over TCP, {} over QUIC), {relayed} through a relay ({} KiB relayed)",
             paths.len() - relayed,
+            over("tcp"),
+            over("quic"),
             out["relayed_bytes"]["total"].as_u64().unwrap_or(0) >> 10
         )?;
     }
