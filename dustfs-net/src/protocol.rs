@@ -422,6 +422,25 @@ pub fn decode_response(b: &[u8]) -> Result<Response, WireError> {
     decode(b)
 }
 
+/// [`decode_response`] of a frame the caller hands over: a shard's bytes (the bulk of every
+/// read) stay in the frame's buffer, whose prefix is cut off, instead of being copied out of
+/// it. Any frame decodes to the same answer as with [`decode_response`] (fuzzed).
+pub fn decode_response_owned(mut frame: Vec<u8>) -> Result<Response, WireError> {
+    // A shard answer is the version, the variant's tag, then the bytes (length-prefixed);
+    // postcard itself finds the bytes, and they must end the frame.
+    let empty = encode(&Response::Shard(Vec::new()));
+    let tag = &empty[..empty.len() - 1];
+    if let Some(rest) = frame.strip_prefix(tag)
+        && let Ok((bytes, tail)) = postcard::take_from_bytes::<&[u8]>(rest)
+        && tail.is_empty()
+    {
+        let start = bytes.as_ptr() as usize - frame.as_ptr() as usize;
+        frame.drain(..start);
+        return Ok(Response::Shard(frame));
+    }
+    decode_response(&frame)
+}
+
 /// The libp2p codec: length-prefixed byte frames with a hard size limit.
 #[derive(Debug, Clone, Default)]
 pub struct FrameCodec;
@@ -648,14 +667,22 @@ mod tests {
                 Response::LeaseHeld { device: id, remaining_ms: n },
                 Response::ContractGranted(bytes.clone()),
             ] {
-                prop_assert_eq!(decode_response(&encode_response(&r)).unwrap(), r);
+                prop_assert_eq!(decode_response(&encode_response(&r)).unwrap(), r.clone());
+                prop_assert_eq!(decode_response_owned(encode_response(&r)).unwrap(), r);
             }
         }
 
         #[test]
         fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_request(&b);
-            let _ = decode_response(&b);
+            prop_assert_eq!(decode_response_owned(b.clone()), decode_response(&b));
+        }
+
+        #[test]
+        fn shard_answers_decode_alike_either_way(bytes in proptest::collection::vec(any::<u8>(), 0..70_000), tail in proptest::collection::vec(any::<u8>(), 0..3)) {
+            let mut frame = encode_response(&Response::Shard(bytes));
+            frame.extend_from_slice(&tail);
+            prop_assert_eq!(decode_response_owned(frame.clone()), decode_response(&frame));
         }
     }
 }

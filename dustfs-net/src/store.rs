@@ -140,7 +140,7 @@ impl NetStore {
             let frame = protocol::encode_request(&make()?);
             match self.rt.block_on(self.node.request(peer, frame)) {
                 Ok(resp) => {
-                    return protocol::decode_response(&resp)
+                    return protocol::decode_response_owned(resp)
                         .map_err(|e| StoreError::Refused(e.to_string()));
                 }
                 Err(e @ NetError::ConnectionClosed { .. }) if attempt == 1 => {

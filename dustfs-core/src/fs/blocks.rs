@@ -695,14 +695,15 @@ impl Engine {
             .ok_or_else(|| FsError::Corrupt(format!("block {no} has no record")))?;
         let r = rec.redundancy;
         let k = r.k as usize;
+        // Verified shards, whole: their payloads are not copied out (`decode_shards`).
         let mut payloads: Vec<Option<Vec<u8>>> = vec![None; rec.shards.len()];
         let mut tried = vec![false; rec.shards.len()];
         // Shards still in the local upload queue count too.
         for (i, p) in payloads.iter_mut().enumerate() {
             if let Some(b) = self.local_shard(no, i)?
-                && let Ok((_, body)) = shard::parse(&b, Some(&rec.shards[i].id))
+                && shard::parse(&b, Some(&rec.shards[i].id)).is_ok()
             {
-                *p = Some(body.to_vec());
+                *p = Some(b.to_vec());
                 tried[i] = true;
             }
         }
@@ -749,8 +750,8 @@ impl Engine {
                         continue;
                     }
                 };
-                match shard::parse(&bytes, Some(&rec.shards[i].id)) {
-                    Ok((h, body)) if h.index as usize == i => payloads[i] = Some(body.to_vec()),
+                match shard::parse(&bytes, Some(&rec.shards[i].id)).map(|(h, _)| h) {
+                    Ok(h) if h.index as usize == i => payloads[i] = Some(bytes),
                     Ok(_) => warn!(
                         block = no,
                         shard = i,
@@ -767,7 +768,7 @@ impl Engine {
             }
             round += 1;
         }
-        Ok(erasure::decode(r, rec.len as usize, payloads)?)
+        Ok(erasure::decode_shards(r, rec.len as usize, payloads)?)
     }
 
     /// A queued shard's bytes if they are at hand: staged in memory, or (databases written

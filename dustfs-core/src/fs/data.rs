@@ -480,7 +480,7 @@ impl Engine {
         };
         let open = || -> FsResult<Vec<u8>> {
             let sealed = self.block_slice(loc.block, loc.off as usize, loc.len as usize)?;
-            seal::open(&self.keys.seal, &self.keys.chunk_id, id, &sealed)
+            seal::open_owned(&self.keys.seal, &self.keys.chunk_id, id, sealed)
                 .map_err(|e| FsError::Corrupt(format!("{id:?}: {e}")))
         };
         let plain = match open() {
