@@ -35,7 +35,8 @@ case $WHAT in
   read)
     cp "$W/big" "$W/mnt/big" && "$B" --home "$W/home" sync >/dev/null
     "$B" --home "$W/home" cache drop >/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
-    run "cat '$W/mnt/big' > /dev/null" ;;
+    run "cat '$W/mnt/big' > /dev/null"
+    "$B" --home "$W/home" status --json | python3 -c 'import json,sys; print("spare (hedged) shard fetches:", json.load(sys.stdin)["hedged_fetches"])' ;;
   *) echo "usage: $0 write|read [SIZE_MIB]" >&2; exit 2 ;;
 esac
 rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }

@@ -201,3 +201,37 @@ fn peer_id_of(home: &std::path::Path) -> String {
         .expect("peer id")
         .to_string()
 }
+
+/// A supplier that hangs (stopped: its connections stay open, it answers nothing) changes
+/// nothing a reader sees: the shards it holds are fetched from other suppliers instead.
+#[test]
+fn a_supplier_that_hangs_does_not_hold_up_reads() {
+    require_root_and_fuse();
+    let root = scratch("hang");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let data = root.join("data.bin");
+    write_random(&data, 40 << 20, 61);
+    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
+    c.sync();
+    c.cache_drop();
+    let pid = net.pid(3);
+    ok(Command::new("kill").arg("-STOP").arg(pid.to_string()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let file = c.mnt.join("data.bin");
+    std::thread::spawn(move || {
+        let _ = tx.send(sha256(&file));
+    });
+    // Not a timing test: a read that waits for the stopped supplier waits for the request
+    // timeout (a minute) per block; this bound only turns that into a failure.
+    let got = rx.recv_timeout(Duration::from_secs(50));
+    ok(Command::new("kill").arg("-CONT").arg(pid.to_string()));
+    assert_eq!(
+        got.expect("the read waited for the stopped supplier"),
+        sha256(&data)
+    );
+    let st = c.status();
+    assert!(st["hedged_fetches"].as_u64().unwrap_or(0) >= 1, "{st}");
+    c.umount();
+}

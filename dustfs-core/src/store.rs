@@ -71,6 +71,8 @@ pub trait ShardStore: Send + Sync {
 #[derive(Default)]
 pub struct MemStore {
     inner: Mutex<MemInner>,
+    /// Wakes fetches held by [`MemStore::set_stalled`].
+    unstalled: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -81,6 +83,7 @@ struct MemInner {
     corrupt: HashSet<SupplierId>,
     roots: HashMap<SupplierId, Vec<Vec<u8>>>,
     relayed: HashSet<SupplierId>,
+    stalled: HashSet<SupplierId>,
 }
 
 impl MemStore {
@@ -109,6 +112,18 @@ impl MemStore {
         } else {
             g.offline.remove(s)
         };
+    }
+
+    /// Makes a supplier's fetches wait until it is released (a supplier that is slow to
+    /// answer), or releases it.
+    pub fn set_stalled(&self, s: &str, on: bool) {
+        let mut g = self.lock();
+        if on {
+            g.stalled.insert(s.into());
+        } else {
+            g.stalled.remove(s);
+            self.unstalled.notify_all();
+        }
     }
 
     /// Marks a supplier as reachable only through a relay (not [`ShardStore::preferred`]).
@@ -181,7 +196,10 @@ impl ShardStore for MemStore {
     }
 
     fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError> {
-        let g = self.lock();
+        let mut g = self.lock();
+        while g.stalled.contains(supplier) {
+            g = self.unstalled.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
         if g.offline.contains(supplier) {
             return Err(StoreError::Unreachable(supplier.clone()));
         }

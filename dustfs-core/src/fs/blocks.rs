@@ -25,6 +25,14 @@ use crate::store::{StoreError, SupplierId};
 const BLOCKS_PER_ROUND: usize = 4;
 /// How long a supplier that could not be reached is left alone.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
+/// A shard fetch still out this many times later than the first shard of its block came in
+/// (and at least [`HEDGE_MIN`] after the start) gets a spare: a fetch of another shard, so
+/// one slow supplier does not hold up a read that any k of the block's suppliers can serve.
+const HEDGE_FACTOR: u32 = 3;
+const HEDGE_MIN: Duration = Duration::from_millis(200);
+/// While not one shard of a block has come in, spares wait this long: a network that is slow
+/// everywhere is not helped by asking more of it.
+const HEDGE_NONE_YET: Duration = Duration::from_secs(2);
 
 /// The uploader's memory: suppliers to avoid for a while and per-block refusals.
 #[derive(Default)]
@@ -688,7 +696,7 @@ impl Engine {
     }
 
     /// Fetches a block from its suppliers: the k data shards first, then parity shards for
-    /// whatever is missing or fails verification, and rebuilds it.
+    /// whatever is missing, fails verification or is slow to come, and rebuilds it.
     pub(super) fn fetch_block(&self, no: u64) -> FsResult<Vec<u8>> {
         let rec = self
             .block_record(no)?
@@ -707,66 +715,118 @@ impl Engine {
                 tried[i] = true;
             }
         }
-        let mut round = 0;
+        // Data shards first (no decoding needed); parity shards for whatever fails or is
+        // refused, and as spares for fetches that are slow to answer (hedging). Fetches run on
+        // their own threads, so a read returns as soon as k shards verified, without waiting
+        // for a straggler (whose answer is then dropped).
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, StoreError>)>();
+        let launch = |i: usize, tried: &mut Vec<bool>| -> bool {
+            let Some(sup) = rec.shards[i].supplier.clone() else {
+                tried[i] = true;
+                return false;
+            };
+            tried[i] = true;
+            let (store, id, tx) = (self.store.clone(), rec.shards[i].id, tx.clone());
+            std::thread::Builder::new()
+                .name("dustfs-fetch".into())
+                .spawn(move || {
+                    let _ = tx.send((i, store.fetch(&sup, &id)));
+                })
+                .is_ok()
+        };
+        // Next shards worth asking for: data shards before parity ones.
+        let untried = |tried: &Vec<bool>| -> Vec<usize> {
+            (0..rec.shards.len())
+                .filter(|&i| !tried[i] && rec.shards[i].supplier.is_some())
+                .collect()
+        };
+        let start = Instant::now();
+        let mut first_in: Option<Duration> = None;
+        let mut in_flight = 0usize;
+        let mut hedged = false;
         loop {
             let have = payloads.iter().filter(|p| p.is_some()).count();
             if have >= k {
                 break;
             }
-            // First round: data shards; later rounds: as many more as are still missing.
-            let want: Vec<usize> = (0..rec.shards.len())
-                .filter(|&i| !tried[i] && rec.shards[i].supplier.is_some())
-                .filter(|&i| round > 0 || i < k)
-                .take(if round == 0 { k } else { k - have })
-                .collect();
-            if want.is_empty() {
-                if round == 0 {
-                    round += 1;
-                    continue;
+            // Keep as many fetches out as shards are still missing.
+            let mut next = untried(&tried).into_iter();
+            while in_flight < k - have {
+                let Some(i) = next.next() else { break };
+                if launch(i, &mut tried) {
+                    in_flight += 1;
                 }
+            }
+            if in_flight == 0 {
                 return Err(FsError::Unavailable(format!(
                     "block {no}: only {have} of the {k} shards needed could be fetched"
                 )));
             }
-            let results: Vec<(usize, Result<Vec<u8>, StoreError>)> = std::thread::scope(|s| {
-                let hs: Vec<_> = want
-                    .iter()
-                    .map(|&i| {
-                        let rec = &rec;
-                        s.spawn(move || {
-                            let sup = rec.shards[i].supplier.clone().unwrap_or_default();
-                            (i, self.store.fetch(&sup, &rec.shards[i].id))
-                        })
-                    })
-                    .collect();
-                hs.into_iter().filter_map(|h| h.join().ok()).collect()
-            });
-            for (i, res) in results {
-                tried[i] = true;
-                let bytes = match res {
-                    Ok(b) => b,
-                    Err(e) => {
-                        warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "shard fetch failed; using others");
-                        continue;
-                    }
+            let got = if hedged {
+                rx.recv()
+                    .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                let hedge_at = match first_in {
+                    Some(t) => (t * HEDGE_FACTOR).max(HEDGE_MIN),
+                    None => HEDGE_NONE_YET,
                 };
-                match shard::parse(&bytes, Some(&rec.shards[i].id)).map(|(h, _)| h) {
-                    Ok(h) if h.index as usize == i => payloads[i] = Some(bytes),
-                    Ok(_) => warn!(
-                        block = no,
-                        shard = i,
-                        "shard has the wrong index; using others"
-                    ),
-                    Err(e) => {
-                        // The supplier returned bytes that are not the shard it acknowledged:
-                        // it no longer holds that shard, so the block is repaired elsewhere.
-                        self.corrupt_shards.fetch_add(1, Ordering::Relaxed);
-                        self.shard_corrupt(no, i)?;
-                        warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "corrupt shard; rebuilding from others");
+                rx.recv_timeout(hedge_at.saturating_sub(start.elapsed()))
+            };
+            let (i, res) = match got {
+                Ok(got) => got,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Slow answers: one spare fetch for each one still out, once per block.
+                    hedged = true;
+                    let mut spares = 0;
+                    for i in untried(&tried).into_iter().take(in_flight) {
+                        if launch(i, &mut tried) {
+                            in_flight += 1;
+                            spares += 1;
+                        }
                     }
+                    if spares > 0 {
+                        self.hedged_fetches
+                            .fetch_add(spares, std::sync::atomic::Ordering::Relaxed);
+                        debug!(
+                            block = no,
+                            spares, "slow shard fetches; asking other suppliers too"
+                        );
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(FsError::Unavailable(format!(
+                        "block {no}: shard fetches vanished"
+                    )));
+                }
+            };
+            in_flight -= 1;
+            first_in.get_or_insert(start.elapsed());
+            let bytes = match res {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "shard fetch failed; using others");
+                    continue;
+                }
+            };
+            if payloads[i].is_some() {
+                continue;
+            }
+            match shard::parse(&bytes, Some(&rec.shards[i].id)).map(|(h, _)| h) {
+                Ok(h) if h.index as usize == i => payloads[i] = Some(bytes),
+                Ok(_) => warn!(
+                    block = no,
+                    shard = i,
+                    "shard has the wrong index; using others"
+                ),
+                Err(e) => {
+                    // The supplier returned bytes that are not the shard it acknowledged:
+                    // it no longer holds that shard, so the block is repaired elsewhere.
+                    self.corrupt_shards.fetch_add(1, Ordering::Relaxed);
+                    self.shard_corrupt(no, i)?;
+                    warn!(block = no, shard = i, supplier = ?rec.shards[i].supplier, error = %e, "corrupt shard; rebuilding from others");
                 }
             }
-            round += 1;
         }
         Ok(erasure::decode_shards(r, rec.len as usize, payloads)?)
     }
@@ -1056,6 +1116,7 @@ impl Engine {
             open_block_bytes: open_bytes,
             cache_bytes,
             corrupt_shards: self.corrupt_shards.load(Ordering::Relaxed),
+            hedged_fetches: self.hedged_fetches.load(Ordering::Relaxed),
             suppliers,
             db_memtables,
         })

@@ -181,6 +181,8 @@ pub struct EngineStatus {
     pub cache_bytes: u64,
     /// Shards that failed verification on fetch since start.
     pub corrupt_shards: u64,
+    /// Extra shard fetches started since start because a supplier was slow to answer.
+    pub hedged_fetches: u64,
     /// Suppliers the store offers.
     pub suppliers: Vec<SupplierId>,
     /// Memory held by the local database's memtables, per column family.
@@ -248,6 +250,7 @@ pub struct Engine {
     /// User reads waiting on a block fetch (repair yields to them).
     foreground_fetches: std::sync::atomic::AtomicUsize,
     corrupt_shards: AtomicU64,
+    hedged_fetches: AtomicU64,
     /// Supplier space (used, granted) as file-data bytes, and when it was asked.
     space: Mutex<Option<(Instant, (u64, u64))>>,
     /// Signalled when uploads progress or new blocks are queued.
@@ -326,6 +329,7 @@ impl Engine {
             queued_bytes: AtomicU64::new(0),
             foreground_fetches: std::sync::atomic::AtomicUsize::new(0),
             corrupt_shards: AtomicU64::new(0),
+            hedged_fetches: AtomicU64::new(0),
             space: Mutex::new(None),
             progress: (Mutex::new(0), Condvar::new()),
             readahead: (Mutex::new(blocks::Readahead::default()), Condvar::new()),

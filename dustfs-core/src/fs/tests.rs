@@ -1222,6 +1222,42 @@ fn a_long_write_cycles_through_a_bounded_dirty_file() {
     t.assert_reads_back_from_suppliers(ino, &data);
 }
 
+#[test]
+fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
+    let t = setup(6, usize::MAX);
+    let data = random(5 << 20, 41);
+    let ino = t.file("slow", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    // The supplier of the first data shard of the first block answers no fetch at all.
+    let rec = t.fs.block_record(1).unwrap().unwrap();
+    let slow = rec.shards[0].supplier.clone().unwrap();
+    t.store.set_stalled(&slow, true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs = t.fs.clone();
+    let size = data.len();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while out.len() < size {
+            match fs.read(ino, out.len() as u64, 1 << 20) {
+                Ok(p) if !p.is_empty() => out.extend_from_slice(&p),
+                other => {
+                    let _ = tx.send(Err(format!("{other:?}")));
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(out));
+    });
+    // Not a timing test: without spare fetches the read waits forever; this bound only turns
+    // that hang into a failure.
+    let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+    t.store.set_stalled(&slow, false);
+    let got = got.expect("the read waited for the supplier that does not answer");
+    assert!(got.unwrap() == data, "read back different bytes");
+    assert!(t.fs.status().unwrap().hedged_fetches >= 1);
+}
+
 /// Found by the SIGKILL-during-rsync suite: a restart found a dirty file whose live bytes
 /// all lay past the wrap point before the file was opened, and took its end for 0.
 #[test]
