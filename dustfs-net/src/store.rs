@@ -374,3 +374,86 @@ impl ShardStore for NetStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::host::NodeConfig;
+    use crate::supplier::ShardDir;
+
+    /// Two real nodes on 127.0.0.1: a supplier, and the customer's store.
+    fn pair(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Node, NetStore, SupplierId) {
+        let (supplier, customer) = rt.block_on(async {
+            let keypair = libp2p::identity::Keypair::generate_ed25519();
+            let signer = protocol::signing_key_of(&keypair).unwrap();
+            let shards = Arc::new(ShardDir::open(dir, 64 << 20, signer).unwrap());
+            let s = Node::start(NodeConfig {
+                keypair,
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: vec![],
+                supplier: Some(shards),
+            })
+            .await
+            .unwrap();
+            let addr = s.wait_listening(1, Duration::from_secs(5)).await[0].clone();
+            let c = Node::start(NodeConfig {
+                keypair: libp2p::identity::Keypair::generate_ed25519(),
+                listen: vec![],
+                bootstrap: vec![format!("{addr}/p2p/{}", s.peer_id).parse().unwrap()],
+                supplier: None,
+            })
+            .await
+            .unwrap();
+            (s, c)
+        });
+        let store = NetStore::new(
+            customer,
+            SigningKey::from_bytes(&[9; 32]),
+            rt.handle().clone(),
+        );
+        let id = supplier.peer_id.to_string();
+        (supplier, store, id)
+    }
+
+    #[test]
+    fn a_contract_past_half_its_term_is_renewed_before_the_next_store() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (supplier, store, sup) = pair(&rt, tmp.path());
+        let mut tries = 0;
+        let quota = loop {
+            match store.ensure_contract(&sup) {
+                Ok(q) => break q,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 50, "no contract: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        let granted = lock(&store.contracts)[&supplier.peer_id].1;
+        assert!(granted > protocol::now_ms() + CONTRACT_TERM_MS / 2);
+        // Before half the term is gone, nothing is asked again.
+        let data = vec![7u8; 1000];
+        store.store(&sup, &ShardId::of(&data), &data).unwrap();
+        assert_eq!(lock(&store.contracts)[&supplier.peer_id].1, granted);
+        // With less than half of it left, the next store renews it first, and the supplier
+        // grants (and countersigns) the new term.
+        let aged = protocol::now_ms() + CONTRACT_TERM_MS / 2 - 60_000;
+        lock(&store.contracts).insert(supplier.peer_id, (quota, aged));
+        let more = vec![8u8; 1000];
+        store.store(&sup, &ShardId::of(&more), &more).unwrap();
+        let renewed = lock(&store.contracts)[&supplier.peer_id].1;
+        assert!(
+            renewed > protocol::now_ms() + CONTRACT_TERM_MS - 60_000,
+            "not renewed: {renewed} vs {aged}"
+        );
+        assert_eq!(store.fetch(&sup, &ShardId::of(&more)).unwrap(), more);
+    }
+}
