@@ -514,14 +514,23 @@ fn the_cache_mb_option_bounds_the_local_cache() {
     let (c, _) = Customer::init(&root, &net);
     ok(c.cmd().arg("mount").arg(&c.mnt).args(["-o", "cache_mb=32"]));
     // statfs reports what the suppliers granted: 6 × 10 GiB, of which 4/6 hold file data.
-    let df = ok(Command::new("df")
-        .args(["-B1", "--output=size"])
-        .arg(&c.mnt));
-    let size: u64 = df
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df size");
+    // Right after the mount the suppliers may still be being discovered (CI once saw 0 bytes
+    // here): a partial answer is asked again a second later, so df gets there.
+    let df_size = || -> u64 {
+        let df = ok(Command::new("df")
+            .args(["-B1", "--output=size"])
+            .arg(&c.mnt));
+        df.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df size")
+    };
+    let start = std::time::Instant::now();
+    let mut size = df_size();
+    while size != 40 << 30 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(300));
+        size = df_size();
+    }
     assert_eq!(size, 40 << 30, "df reports {size} bytes");
     let data = root.join("data.bin");
     write_random(&data, 120 << 20, 5);

@@ -164,6 +164,10 @@ pub struct FsStats {
     pub inodes: u64,
 }
 
+/// What statfs last learnt of the suppliers: when, for how long it holds, and (used, granted)
+/// bytes of file data.
+type SpaceAnswer = (Instant, std::time::Duration, (u64, u64));
+
 /// A snapshot of the engine's work for `dustfs status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineStatus {
@@ -252,7 +256,7 @@ pub struct Engine {
     corrupt_shards: AtomicU64,
     hedged_fetches: AtomicU64,
     /// Supplier space (used, granted) as file-data bytes, and when it was asked.
-    space: Mutex<Option<(Instant, (u64, u64))>>,
+    space: Mutex<Option<SpaceAnswer>>,
     /// Signalled when uploads progress or new blocks are queued.
     progress: (Mutex<u64>, Condvar),
     /// Sequential readers and the blocks fetched ahead of them; signalled when a fetch ends.
@@ -1028,7 +1032,8 @@ impl Engine {
 
     /// Numbers for statfs: the space the suppliers granted, as room for file data (each
     /// block puts one shard on each of k+m suppliers, so k/(k+m) of the granted bytes hold
-    /// data). Asked of the suppliers at most every 30 s; cached in between.
+    /// data). Asked of the suppliers at most every 30 s when all of them answered (every
+    /// second otherwise); cached in between.
     pub fn stats(&self) -> FsResult<FsStats> {
         let inodes = self
             .db
@@ -1037,7 +1042,7 @@ impl Engine {
         let mut cached = lock(&self.space);
         let fresh = cached
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < std::time::Duration::from_secs(30));
+            .is_some_and(|(at, ttl, _)| at.elapsed() < *ttl);
         if !fresh {
             let suppliers = self.store.suppliers();
             let answers: Vec<(u64, u64)> = std::thread::scope(|s| {
@@ -1055,9 +1060,16 @@ impl Engine {
                 .fold((0u64, 0u64), |(u, g), (au, ag)| (u + au, g + ag));
             let r = self.cfg.redundancy;
             let scale = |b: u64| b / r.total() as u64 * r.k as u64;
-            *cached = Some((Instant::now(), (scale(used), scale(granted))));
+            // A partial answer (suppliers still being discovered right after a mount, or some
+            // not answering) is asked again soon rather than shown for the full 30 s.
+            let ttl = if !answers.is_empty() && answers.len() == suppliers.len() {
+                std::time::Duration::from_secs(30)
+            } else {
+                std::time::Duration::from_secs(1)
+            };
+            *cached = Some((Instant::now(), ttl, (scale(used), scale(granted))));
         }
-        let (used_bytes, total_bytes) = cached.as_ref().map(|(_, v)| *v).unwrap_or((0, 0));
+        let (used_bytes, total_bytes) = cached.as_ref().map(|(_, _, v)| *v).unwrap_or((0, 0));
         Ok(FsStats {
             used_bytes,
             total_bytes,
