@@ -137,15 +137,21 @@ pub fn decode(
         rs.reconstruct_data(&mut payloads)
             .map_err(ErasureError::Codec)?;
     }
+    join(payloads[..k].iter().flatten().map(Vec::as_slice), block_len)
+        .ok_or(ErasureError::NotEnough { have, need: k })
+}
+
+/// The block from its data shards' payloads, in order; `None` if they are too short.
+fn join<'a>(data: impl Iterator<Item = &'a [u8]>, block_len: usize) -> Option<Vec<u8>> {
     let mut block = Vec::with_capacity(block_len);
-    for p in payloads.into_iter().take(k).flatten() {
-        block.extend_from_slice(&p);
+    for p in data {
+        block.extend_from_slice(p);
     }
     if block.len() < block_len {
-        return Err(ErasureError::NotEnough { have, need: k });
+        return None;
     }
     block.truncate(block_len);
-    Ok(block)
+    Some(block)
 }
 
 /// [`decode`] from whole shards (header and payload, already verified): when the k data
@@ -158,15 +164,16 @@ pub fn decode_shards(
 ) -> Result<Vec<u8>, ErasureError> {
     let k = r.k as usize;
     shards.resize(r.total(), None);
-    if shards[..k].iter().all(Option::is_some) {
-        let mut block = Vec::with_capacity(block_len);
-        for s in shards[..k].iter().flatten() {
-            block.extend_from_slice(s.get(HEADER_LEN..).unwrap_or_default());
-        }
-        if block.len() >= block_len {
-            block.truncate(block_len);
-            return Ok(block);
-        }
+    if shards[..k].iter().all(Option::is_some)
+        && let Some(block) = join(
+            shards[..k]
+                .iter()
+                .flatten()
+                .map(|s| s.get(HEADER_LEN..).unwrap_or_default()),
+            block_len,
+        )
+    {
+        return Ok(block);
     }
     let payloads = shards
         .into_iter()

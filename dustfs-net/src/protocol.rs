@@ -428,9 +428,12 @@ pub fn decode_response(b: &[u8]) -> Result<Response, WireError> {
 pub fn decode_response_owned(mut frame: Vec<u8>) -> Result<Response, WireError> {
     // A shard answer is the version, the variant's tag, then the bytes (length-prefixed);
     // postcard itself finds the bytes, and they must end the frame.
-    let empty = encode(&Response::Shard(Vec::new()));
-    let tag = &empty[..empty.len() - 1];
-    if let Some(rest) = frame.strip_prefix(tag)
+    static TAG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut empty = encode(&Response::Shard(Vec::new()));
+        empty.pop(); // the empty byte string's length
+        empty
+    });
+    if let Some(rest) = frame.strip_prefix(TAG.as_slice())
         && let Ok((bytes, tail)) = postcard::take_from_bytes::<&[u8]>(rest)
         && tail.is_empty()
     {

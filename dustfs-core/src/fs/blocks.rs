@@ -721,11 +721,10 @@ impl Engine {
         // for a straggler (whose answer is then dropped).
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, StoreError>)>();
         let launch = |i: usize, tried: &mut Vec<bool>| -> bool {
+            tried[i] = true;
             let Some(sup) = rec.shards[i].supplier.clone() else {
-                tried[i] = true;
                 return false;
             };
-            tried[i] = true;
             let (store, id, tx) = (self.store.clone(), rec.shards[i].id, tx.clone());
             std::thread::Builder::new()
                 .name("dustfs-fetch".into())
@@ -945,31 +944,37 @@ impl Engine {
                 .filter_map(|s| s.supplier.clone())
                 .collect();
             let refused = up.refused.get(&no).cloned().unwrap_or_default();
-            let mut bytes_of = match self.queued_shards(no, &shards, &rec) {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(block = no, error = %e, "cannot read the queued shards of a block; will retry");
-                    continue;
-                }
-            };
             // Rotate each tier of the supplier list by block so load spreads when there are
             // more suppliers than shards; the second tier (reached only through a relay) gets
             // a shard only when the first has no supplier left for it.
+            let mut picks = Vec::new();
             for i in shards {
-                let pick = tiers
-                    .iter()
-                    .find_map(|tier| {
-                        let n = tier.len().max(1);
-                        (0..tier.len())
-                            .map(|j| &tier[(j + no as usize + i) % n])
-                            .find(|s| !used.contains(*s) && !refused.contains(*s))
-                    })
-                    .cloned();
-                if let (Some(s), Some(sr), Some(bytes)) =
-                    (pick, rec.shards.get(i), bytes_of.remove(&i))
-                {
+                let pick = tiers.iter().find_map(|tier| {
+                    let n = tier.len().max(1);
+                    (0..tier.len())
+                        .map(|j| &tier[(j + no as usize + i) % n])
+                        .find(|s| !used.contains(*s) && !refused.contains(*s))
+                });
+                if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
                     used.insert(s.clone());
-                    jobs.push((no, i, s, sr.id, bytes));
+                    picks.push((i, s.clone(), sr.id));
+                }
+            }
+            // Bytes only for shards that have somewhere to go this round: a block nobody can
+            // take now is not read and encoded again for nothing.
+            if !picks.is_empty() {
+                let wanted: Vec<usize> = picks.iter().map(|(i, ..)| *i).collect();
+                match self.queued_shards(no, &wanted, &rec) {
+                    Ok(mut bytes_of) => {
+                        for (i, s, id) in picks {
+                            if let Some(bytes) = bytes_of.remove(&i) {
+                                jobs.push((no, i, s, id, bytes));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(block = no, error = %e, "cannot read the queued shards of a block; will retry");
+                    }
                 }
             }
             records.insert(no, rec);
