@@ -21,17 +21,22 @@ for _ in $(seq 50); do
   n=$("$B" --home "$W/home" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["suppliers"]))')
   [ "$n" -ge 6 ] && break; sleep 0.2
 done
+# Busy CPU time of the whole machine (user + nice + system + irq + softirq, in clock ticks):
+# on this CPU-bound testbed, CPU seconds per GiB compares two builds more steadily than MiB/s.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 run() {
-  local t0 t1
+  local t0 t1 c0 c1
+  c0=$(busy)
   t0=$(date +%s.%N)
   if [ "${PERF:-1}" = 0 ]; then bash -c "$1"; else
     perf record -q -a -g -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
   fi
   t1=$(date +%s.%N)
-  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
+  c1=$(busy)
+  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s, {($c1 - $c0) / $(getconf CLK_TCK) * 1024 / $SIZE_MIB:.2f} CPU s/GiB' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
 }
 case $WHAT in
-  write) run "cp '$W/big' '$W/mnt/big' && '$B' --home '$W/home' sync >/dev/null" ;;
+  write) run "cp '$W/big' '$W/mnt/big' && echo \"cp done after \$(( \$(date +%s%N) / 1000000 - $(date +%s%3N) )) ms\" && '$B' --home '$W/home' sync >/dev/null" ;;
   read)
     cp "$W/big" "$W/mnt/big" && "$B" --home "$W/home" sync >/dev/null
     "$B" --home "$W/home" cache drop >/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
