@@ -45,6 +45,21 @@ pub fn seal(key: &[u8; 32], id: &ChunkId, plain: &[u8]) -> Vec<u8> {
     }
 }
 
+/// [`seal`] into a buffer the caller owns: appends the sealed chunk to `out`, encrypting it in
+/// place there (the engine seals straight into the open block: no allocation and one copy
+/// fewer per chunk than sealing into a new vector and appending that).
+pub fn seal_into(key: &[u8; 32], id: &ChunkId, plain: &[u8], out: &mut Vec<u8>) {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let nonce = XNonce::from_slice(&id.0[..24]);
+    let start = out.len();
+    out.extend_from_slice(plain);
+    match cipher.encrypt_in_place_detached(nonce, &id.0, &mut out[start..]) {
+        Ok(tag) => out.extend_from_slice(&tag),
+        // As in `seal`: only messages over 256 GiB fail.
+        Err(e) => unreachable!("XChaCha20-Poly1305 encryption of a chunk cannot fail: {e}"),
+    }
+}
+
 /// Decrypts a sealed chunk and checks it against its id (with the chunk-id key).
 pub fn open(
     key: &[u8; 32],
@@ -100,6 +115,10 @@ mod tests {
             let id = ChunkId::of(&ik, &data);
             let s = seal(&k, &id, &data);
             prop_assert_eq!(s.len(), data.len() + SEAL_OVERHEAD);
+            let mut into = b"before".to_vec();
+            seal_into(&k, &id, &data, &mut into);
+            prop_assert_eq!(&into[..6], b"before");
+            prop_assert_eq!(&into[6..], &s[..]);
             prop_assert_eq!(open(&k, &ik, &id, &s).unwrap(), data.clone());
             prop_assert_eq!(open_owned(&k, &ik, &id, s).unwrap(), data);
         }

@@ -257,11 +257,65 @@ impl Engine {
         id: &ChunkId,
         sealed: &[u8],
     ) -> FsResult<()> {
-        if !st.open.buf.is_empty() && st.open.buf.len() + sealed.len() > self.cfg.block_size {
+        self.make_room_open(st, sealed.len())?;
+        let off = st.open.buf.len();
+        st.open.buf.extend_from_slice(sealed);
+        self.persist_open(st, b, id, off)
+    }
+
+    /// Seals a chunk's plaintext straight into the open block (sealing the open block first if
+    /// it is full): [`append_open`](Self::append_open) without the sealed chunk's own buffer.
+    pub(super) fn seal_into_open(
+        &self,
+        st: &mut State,
+        b: &mut WriteBatch,
+        id: &ChunkId,
+        plain: &[u8],
+    ) -> FsResult<()> {
+        self.make_room_open(st, plain.len() + crate::seal::SEAL_OVERHEAD)?;
+        let off = st.open.buf.len();
+        crate::seal::seal_into(&self.keys.seal, id, plain, &mut st.open.buf);
+        self.persist_open(st, b, id, off)
+    }
+
+    /// Seals the open block if `len` more bytes would not fit in it.
+    fn make_room_open(&self, st: &mut State, len: usize) -> FsResult<()> {
+        if !st.open.buf.is_empty() && st.open.buf.len() + len > self.cfg.block_size {
             self.seal_open_locked(st)?;
         }
-        let off = st.open.buf.len();
-        // The bytes go to the block's file before the batch that refers to them.
+        Ok(())
+    }
+
+    /// Writes the chunk at `off..` of the open block's buffer to the block's file and adds to
+    /// `b` what refers to it. The bytes go to the file before the batch that refers to them; if
+    /// that fails, the buffer is cut back, so it never holds bytes its file does not.
+    fn persist_open(
+        &self,
+        st: &mut State,
+        b: &mut WriteBatch,
+        id: &ChunkId,
+        off: usize,
+    ) -> FsResult<()> {
+        if let Err(e) = self.write_open_file(st, off) {
+            st.open.buf.truncate(off);
+            return Err(e);
+        }
+        let end = st.open.buf.len();
+        b.put_cf(
+            &self.cf(cf::META),
+            super::META_OPEN_LEN,
+            db::encode(&(end as u64)),
+        );
+        let loc = ChunkLoc {
+            block: st.open.no,
+            off: off as u32,
+            len: (end - off) as u32,
+        };
+        b.put_cf(&self.cf(cf::CHUNKS), id.0, db::encode(&loc));
+        Ok(())
+    }
+
+    fn write_open_file(&self, st: &mut State, off: usize) -> FsResult<()> {
         if st.open.file.is_none() {
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -272,20 +326,8 @@ impl Engine {
         }
         if let Some(f) = &st.open.file {
             use std::os::unix::fs::FileExt;
-            f.write_all_at(sealed, off as u64)?;
+            f.write_all_at(&st.open.buf[off..], off as u64)?;
         }
-        b.put_cf(
-            &self.cf(cf::META),
-            super::META_OPEN_LEN,
-            db::encode(&((off + sealed.len()) as u64)),
-        );
-        let loc = ChunkLoc {
-            block: st.open.no,
-            off: off as u32,
-            len: sealed.len() as u32,
-        };
-        b.put_cf(&self.cf(cf::CHUNKS), id.0, db::encode(&loc));
-        st.open.buf.extend_from_slice(sealed);
         Ok(())
     }
 

@@ -541,8 +541,7 @@ impl Engine {
                 let id = ChunkId::of(&self.keys.chunk_id, data);
                 let mut b = WriteBatch::default();
                 if self.db.get_pinned_cf(&self.cf(cf::CHUNKS), id.0)?.is_none() {
-                    let sealed = seal::seal(&self.keys.seal, &id, data);
-                    self.append_open(st, &mut b, &id, &sealed)?;
+                    self.seal_into_open(st, &mut b, &id, data)?;
                 }
                 let ext = Extent {
                     len: l as u64,

@@ -25,7 +25,6 @@ use crate::chunk::{self, ChunkId};
 use crate::db::{self, cf};
 use crate::fsm::block::BlockState;
 use crate::root::{self, RootRecord};
-use crate::seal;
 use crate::shard::ShardId;
 use crate::store::SupplierId;
 
@@ -184,9 +183,8 @@ impl Engine {
         let id = ChunkId::of(&self.keys.chunk_id, data);
         let mut st = lock(&self.state);
         if self.db.get_pinned_cf(&self.cf(cf::CHUNKS), id.0)?.is_none() {
-            let sealed = seal::seal(&self.keys.seal, &id, data);
             let mut b = WriteBatch::default();
-            self.append_open(&mut st, &mut b, &id, &sealed)?;
+            self.seal_into_open(&mut st, &mut b, &id, data)?;
             self.db.write(b)?;
         }
         drop(st);
