@@ -23,17 +23,21 @@ for _ in $(seq 50); do
 done
 # Busy CPU time of the whole machine (user + nice + system + irq + softirq, in clock ticks):
 # on this CPU-bound testbed, CPU seconds per GiB compares two builds more steadily than MiB/s.
+# Steal (time the hypervisor gave this VM's CPUs to others) and iowait are printed too: a run
+# with much of either was slowed by the host or its disk, not by dustfs's CPU work.
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+steal() { awk '/^cpu / {print $9}' /proc/stat; }
+iowait() { awk '/^cpu / {print $6}' /proc/stat; }
 run() {
   local t0 t1 c0 c1
-  c0=$(busy)
+  c0=$(busy); s0=$(steal); w0=$(iowait)
   t0=$(date +%s.%N)
   if [ "${PERF:-1}" = 0 ]; then bash -c "$1"; else
     perf record -q -a -g -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
   fi
   t1=$(date +%s.%N)
-  c1=$(busy)
-  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s, {($c1 - $c0) / $(getconf CLK_TCK) * 1024 / $SIZE_MIB:.2f} CPU s/GiB' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
+  c1=$(busy); s1=$(steal); w1=$(iowait)
+  python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s, {($c1 - $c0) / $(getconf CLK_TCK) * 1024 / $SIZE_MIB:.2f} CPU s/GiB, {($s1 - $s0) / $(getconf CLK_TCK):.1f} s stolen, {($w1 - $w0) / $(getconf CLK_TCK):.1f} s waiting on disk' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
 }
 case $WHAT in
   write) run "cp '$W/big' '$W/mnt/big' && echo \"cp done after \$(( \$(date +%s%N) / 1000000 - $(date +%s%3N) )) ms\" && '$B' --home '$W/home' sync >/dev/null" ;;

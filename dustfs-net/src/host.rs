@@ -383,10 +383,7 @@ impl Node {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                // TLS 1.3 first (AES-128-GCM: the patched libp2p-tls, see the workspace's
-                // Cargo.toml), Noise for peers that only speak Noise. A profile of a 512 MiB
-                // copy had Noise's ChaCha20-Poly1305 at 9.7% of all CPU, AES-GCM at 2.8%.
-                (libp2p::tls::Config::new, noise::Config::new),
+                noise::Config::new,
                 yamux::Config::default,
             )
             .map_err(|e| NetError::Transport(e.to_string()))?
@@ -1187,22 +1184,6 @@ mod tests {
     }
 
     const RELAY: &str = "/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
-
-    #[test]
-    fn tls_asks_for_aes_gcm_first() {
-        // The patched libp2p-tls (vendor/libp2p-tls) is what makes bulk traffic use AES-GCM;
-        // this fails if the patch is dropped or a libp2p update stops using it.
-        let key = libp2p::identity::Keypair::generate_ed25519();
-        let client = libp2p::tls::make_client_config(&key, None).expect("client config");
-        let server = libp2p::tls::make_server_config(&key).expect("server config");
-        for suites in [
-            &client.crypto_provider().cipher_suites,
-            &server.crypto_provider().cipher_suites,
-        ] {
-            let first = suites.first().map(|s| format!("{:?}", s.suite()));
-            assert_eq!(first.as_deref(), Some("TLS13_AES_128_GCM_SHA256"));
-        }
-    }
 
     #[test]
     fn tcp_addresses_are_dialled_instead_of_quic_ones_of_the_same_kind() {
