@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The pipeline benchmark (criterion, dustfs-core/benches/pipeline.rs) and what its numbers
+# mean for the "per core" target: the pipeline's throughput, its slowest primitive
+# (XChaCha20-Poly1305), and the most any one-core pipeline built from these passes could do:
+# every byte goes through FastCDC, keyed BLAKE3 (chunk id), XChaCha20-Poly1305 and the block's
+# erasure encode (which includes BLAKE3 of every shard, the shard ids audits prove against),
+# so on one core the times per byte add up: 1 / (1/cdc + 1/blake3 + 1/xchacha + 1/encode).
+# Usage: scripts/bench-pipeline.sh   (builds with optimisations; about two minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench -p dustfs-core --bench pipeline >/dev/null 2>&1 || cargo bench -p dustfs-core --bench pipeline
+python3 - <<'PY'
+import json
+def gib(name):
+    d = json.load(open(f"target/criterion/{name}/new/estimates.json"))
+    return (64 << 20) / (d["median"]["point_estimate"] / 1e9) / 2**30
+p = {n: gib(f"primitives/{n}") for n in ["fastcdc", "blake3_keyed", "xchacha20poly1305", "reed_solomon_4+2"]}
+pipe = gib("pipeline/chunk+id+seal+encode")
+bound = 1 / sum(1 / v for v in p.values())
+for n, v in p.items():
+    print(f"{n:24s} {v:6.2f} GiB/s")
+print(f"{'pipeline':24s} {pipe:6.2f} GiB/s = {pipe / p['xchacha20poly1305']:.0%} of XChaCha20-Poly1305")
+print(f"{'sum of its passes':24s} {bound:6.2f} GiB/s = {bound / p['xchacha20poly1305']:.0%} of XChaCha20-Poly1305 "
+      f"(the pipeline reaches {pipe / bound:.0%} of it)")
+PY
