@@ -8,7 +8,7 @@
 //! chunk id after decrypting, binding ciphertext to the id the metadata expects.
 //! The chunk id is also the associated data, so a sealed chunk cannot be swapped for another.
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::chunk::ChunkId;
@@ -30,19 +30,9 @@ pub enum SealError {
 
 /// Encrypts `plain` whose id is `id` under the user's sealing key.
 pub fn seal(key: &[u8; 32], id: &ChunkId, plain: &[u8]) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let nonce = XNonce::from_slice(&id.0[..24]);
-    match cipher.encrypt(
-        nonce,
-        Payload {
-            msg: plain,
-            aad: &id.0,
-        },
-    ) {
-        Ok(c) => c,
-        // Encryption fails only for messages over 256 GiB; chunks are at most 4 MiB.
-        Err(e) => unreachable!("XChaCha20-Poly1305 encryption of a chunk cannot fail: {e}"),
-    }
+    let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
+    seal_into(key, id, plain, &mut out);
+    out
 }
 
 /// [`seal`] into a buffer the caller owns: appends the sealed chunk to `out`, encrypting it in
@@ -55,7 +45,7 @@ pub fn seal_into(key: &[u8; 32], id: &ChunkId, plain: &[u8], out: &mut Vec<u8>) 
     out.extend_from_slice(plain);
     match cipher.encrypt_in_place_detached(nonce, &id.0, &mut out[start..]) {
         Ok(tag) => out.extend_from_slice(&tag),
-        // As in `seal`: only messages over 256 GiB fail.
+        // Encryption fails only for messages over 256 GiB; chunks are at most 4 MiB.
         Err(e) => unreachable!("XChaCha20-Poly1305 encryption of a chunk cannot fail: {e}"),
     }
 }
@@ -67,21 +57,7 @@ pub fn open(
     id: &ChunkId,
     sealed: &[u8],
 ) -> Result<Vec<u8>, SealError> {
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let nonce = XNonce::from_slice(&id.0[..24]);
-    let plain = cipher
-        .decrypt(
-            nonce,
-            Payload {
-                msg: sealed,
-                aad: &id.0,
-            },
-        )
-        .map_err(|_| SealError::Auth)?;
-    if ChunkId::of(id_key, &plain) != *id {
-        return Err(SealError::IdMismatch);
-    }
-    Ok(plain)
+    open_owned(key, id_key, id, sealed.to_vec())
 }
 
 /// [`open`] for sealed bytes the caller owns: decrypted where they are, without a copy (the

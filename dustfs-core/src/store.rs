@@ -84,6 +84,7 @@ struct MemInner {
     roots: HashMap<SupplierId, Vec<Vec<u8>>>,
     relayed: HashSet<SupplierId>,
     stalled: HashSet<SupplierId>,
+    panicking: HashSet<SupplierId>,
 }
 
 impl MemStore {
@@ -123,6 +124,16 @@ impl MemStore {
         } else {
             g.stalled.remove(s);
             self.unstalled.notify_all();
+        }
+    }
+
+    /// Makes a supplier's fetches panic (a bug below the store's interface), or stops that.
+    pub fn set_panicking(&self, s: &str, on: bool) {
+        let mut g = self.lock();
+        if on {
+            g.panicking.insert(s.into());
+        } else {
+            g.panicking.remove(s);
         }
     }
 
@@ -199,6 +210,10 @@ impl ShardStore for MemStore {
         let mut g = self.lock();
         while g.stalled.contains(supplier) {
             g = self.unstalled.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        if g.panicking.contains(supplier) {
+            drop(g);
+            panic!("fetch from {supplier} panicked (MemStore::set_panicking)");
         }
         if g.offline.contains(supplier) {
             return Err(StoreError::Unreachable(supplier.clone()));

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dustfs_core::shard::ShardId;
@@ -29,7 +30,7 @@ pub struct NetStore {
     /// Contracts granted (and verified): supplier → (quota, expiry in Unix ms).
     contracts: Mutex<HashMap<PeerId, (u64, u64)>>,
     /// Requests sent again because their connection closed before the answer.
-    resent: std::sync::atomic::AtomicU64,
+    resent: AtomicU64,
 }
 
 impl NetStore {
@@ -41,14 +42,14 @@ impl NetStore {
             rt,
             dead: Mutex::new(HashMap::new()),
             contracts: Mutex::new(HashMap::new()),
-            resent: std::sync::atomic::AtomicU64::new(0),
+            resent: AtomicU64::new(0),
         }
     }
 
     /// Requests sent a second time because the connection they went out on closed before
     /// their answer came.
     pub fn resent(&self) -> u64 {
-        self.resent.load(std::sync::atomic::Ordering::Relaxed)
+        self.resent.load(Ordering::Relaxed)
     }
 
     /// Signs `op` for `supplier` (its key is the audience).
@@ -145,8 +146,7 @@ impl NetStore {
                 }
                 Err(e @ NetError::ConnectionClosed { .. }) if attempt == 1 => {
                     tracing::debug!(%peer, error = %e, "sending again");
-                    self.resent
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.resent.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.dead

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rocksdb::WriteBatch;
@@ -761,7 +762,7 @@ impl Engine {
         // refused, and as spares for fetches that are slow to answer (hedging). Fetches run on
         // their own threads, so a read returns as soon as k shards verified, without waiting
         // for a straggler (whose answer is then dropped).
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, StoreError>)>();
+        let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>, StoreError>)>();
         let launch = |i: usize, tried: &mut Vec<bool>| -> bool {
             tried[i] = true;
             let Some(sup) = rec.shards[i].supplier.clone() else {
@@ -771,7 +772,15 @@ impl Engine {
             std::thread::Builder::new()
                 .name("dustfs-fetch".into())
                 .spawn(move || {
-                    let _ = tx.send((i, store.fetch(&sup, &id)));
+                    // Every fetch reports, even one that panics: the loop below counts the
+                    // fetches still out and would otherwise wait for this one for ever.
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        store.fetch(&sup, &id)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Unreachable(format!("{sup}: fetch panicked")))
+                    });
+                    let _ = tx.send((i, res));
                 })
                 .is_ok()
         };
@@ -781,31 +790,42 @@ impl Engine {
                 .filter(|&i| !tried[i] && rec.shards[i].supplier.is_some())
                 .collect()
         };
+        let n = rec.shards.len();
+        // Fetches under way, and those that were under way when the spares went out.
+        let mut out = vec![false; n];
+        let mut slow = vec![false; n];
+        // Starts fetches, data shards first, until as many are under way (slow ones not
+        // counted) as shards are still missing; returns how many it started.
+        let top_up = |have: usize, tried: &mut Vec<bool>, out: &mut Vec<bool>, slow: &[bool]| {
+            let fresh = (0..n).filter(|&i| out[i] && !slow[i]).count();
+            let mut started = 0;
+            for i in untried(tried) {
+                if fresh + started >= k - have {
+                    break;
+                }
+                if launch(i, tried) {
+                    out[i] = true;
+                    started += 1;
+                }
+            }
+            started
+        };
         let start = Instant::now();
         let mut first_in: Option<Duration> = None;
-        let mut in_flight = 0usize;
         let mut hedged = false;
         loop {
             let have = payloads.iter().filter(|p| p.is_some()).count();
             if have >= k {
                 break;
             }
-            // Keep as many fetches out as shards are still missing.
-            let mut next = untried(&tried).into_iter();
-            while in_flight < k - have {
-                let Some(i) = next.next() else { break };
-                if launch(i, &mut tried) {
-                    in_flight += 1;
-                }
-            }
-            if in_flight == 0 {
+            top_up(have, &mut tried, &mut out, &slow);
+            if !out.contains(&true) {
                 return Err(FsError::Unavailable(format!(
                     "block {no}: only {have} of the {k} shards needed could be fetched"
                 )));
             }
             let got = if hedged {
-                rx.recv()
-                    .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected)
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             } else {
                 let hedge_at = match first_in {
                     Some(t) => (t * HEDGE_FACTOR).max(HEDGE_MIN),
@@ -815,19 +835,16 @@ impl Engine {
             };
             let (i, res) = match got {
                 Ok(got) => got,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    // Slow answers: one spare fetch for each one still out, once per block.
+                Err(RecvTimeoutError::Timeout) => {
+                    // Slow answers, once per block: the fetches still out no longer count
+                    // towards the shards missing, so each gets a spare (and a spare that
+                    // fails is replaced in turn, while the slow ones may still answer).
                     hedged = true;
-                    let mut spares = 0;
-                    for i in untried(&tried).into_iter().take(in_flight) {
-                        if launch(i, &mut tried) {
-                            in_flight += 1;
-                            spares += 1;
-                        }
-                    }
+                    slow.clone_from(&out);
+                    let spares = top_up(have, &mut tried, &mut out, &slow);
                     if spares > 0 {
                         self.hedged_fetches
-                            .fetch_add(spares, std::sync::atomic::Ordering::Relaxed);
+                            .fetch_add(spares as u64, Ordering::Relaxed);
                         debug!(
                             block = no,
                             spares, "slow shard fetches; asking other suppliers too"
@@ -835,13 +852,13 @@ impl Engine {
                     }
                     continue;
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(RecvTimeoutError::Disconnected) => {
                     return Err(FsError::Unavailable(format!(
                         "block {no}: shard fetches vanished"
                     )));
                 }
             };
-            in_flight -= 1;
+            out[i] = false;
             first_in.get_or_insert(start.elapsed());
             let bytes = match res {
                 Ok(b) => b,

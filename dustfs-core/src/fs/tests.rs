@@ -1268,6 +1268,45 @@ fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
     assert!(t.fs.status().unwrap().hedged_fetches >= 1);
 }
 
+#[test]
+fn a_fetch_that_panics_loses_only_its_shard() {
+    let t = setup(6, usize::MAX);
+    let data = random(5 << 20, 43);
+    let ino = t.file("panics", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    // The first data shard's supplier does not answer, so a spare fetch goes out for the
+    // first parity shard, whose supplier's fetch panics.
+    let rec = t.fs.block_record(1).unwrap().unwrap();
+    let slow = rec.shards[0].supplier.clone().unwrap();
+    let bad = rec.shards[4].supplier.clone().unwrap();
+    t.store.set_stalled(&slow, true);
+    t.store.set_panicking(&bad, true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs = t.fs.clone();
+    let size = data.len();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while out.len() < size {
+            match fs.read(ino, out.len() as u64, 1 << 20) {
+                Ok(p) if !p.is_empty() => out.extend_from_slice(&p),
+                other => {
+                    let _ = tx.send(Err(format!("{other:?}")));
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(out));
+    });
+    // Without the panic reported as a failed fetch, the read waits for it for ever (the
+    // stalled fetch is released only below).
+    let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+    t.store.set_panicking(&bad, false);
+    t.store.set_stalled(&slow, false);
+    let got = got.expect("the read waited for a fetch that panicked");
+    assert!(got.unwrap() == data, "read back different bytes");
+}
+
 /// Found by the SIGKILL-during-rsync suite: a restart found a dirty file whose live bytes
 /// all lay past the wrap point before the file was opened, and took its end for 0.
 #[test]
