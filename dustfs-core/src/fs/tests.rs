@@ -1232,20 +1232,15 @@ fn a_long_write_cycles_through_a_bounded_dirty_file() {
     t.assert_reads_back_from_suppliers(ino, &data);
 }
 
-#[test]
-fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
-    let t = setup(6, usize::MAX);
-    let data = random(5 << 20, 41);
-    let ino = t.file("slow", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
-    // The supplier of the first data shard of the first block answers no fetch at all.
-    let rec = t.fs.block_record(1).unwrap().unwrap();
-    let slow = rec.shards[0].supplier.clone().unwrap();
-    t.store.set_stalled(&slow, true);
+/// Reads `size` bytes of `ino` on a thread of its own; the answer comes on the channel (a test
+/// of a read that might hang bounds its wait with `recv_timeout`).
+fn read_in_background(
+    fs: &Arc<Engine>,
+    ino: u64,
+    size: usize,
+) -> std::sync::mpsc::Receiver<Result<Vec<u8>, String>> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let fs = t.fs.clone();
-    let size = data.len();
+    let fs = fs.clone();
     std::thread::spawn(move || {
         let mut out = Vec::new();
         while out.len() < size {
@@ -1259,6 +1254,21 @@ fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
         }
         let _ = tx.send(Ok(out));
     });
+    rx
+}
+
+#[test]
+fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
+    let t = setup(6, usize::MAX);
+    let data = random(5 << 20, 41);
+    let ino = t.file("slow", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    // The supplier of the first data shard of the first block answers no fetch at all.
+    let rec = t.fs.block_record(1).unwrap().unwrap();
+    let slow = rec.shards[0].supplier.clone().unwrap();
+    t.store.set_stalled(&slow, true);
+    let rx = read_in_background(&t.fs, ino, data.len());
     // Not a timing test: without spare fetches the read waits forever; this bound only turns
     // that hang into a failure.
     let got = rx.recv_timeout(std::time::Duration::from_secs(60));
@@ -1282,22 +1292,7 @@ fn a_fetch_that_panics_loses_only_its_shard() {
     let bad = rec.shards[4].supplier.clone().unwrap();
     t.store.set_stalled(&slow, true);
     t.store.set_panicking(&bad, true);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let fs = t.fs.clone();
-    let size = data.len();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        while out.len() < size {
-            match fs.read(ino, out.len() as u64, 1 << 20) {
-                Ok(p) if !p.is_empty() => out.extend_from_slice(&p),
-                other => {
-                    let _ = tx.send(Err(format!("{other:?}")));
-                    return;
-                }
-            }
-        }
-        let _ = tx.send(Ok(out));
-    });
+    let rx = read_in_background(&t.fs, ino, data.len());
     // Without the panic reported as a failed fetch, the read waits for it for ever (the
     // stalled fetch is released only below).
     let got = rx.recv_timeout(std::time::Duration::from_secs(60));
