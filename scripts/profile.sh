@@ -5,6 +5,7 @@
 #   write: copy SIZE_MIB of random data in and `dustfs sync` (durable on suppliers)
 #   read:  cold sequential read of it after `dustfs cache drop` and dropping the page cache
 # The raw profile stays in /tmp/dustfs-profile.data for `perf report -i`. PERF=0 only times it.
+# CALLGRAPH=dwarf,16384 unwinds through Rust code built without frame pointers (larger profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-write}
@@ -33,7 +34,7 @@ run() {
   c0=$(busy); s0=$(steal); w0=$(iowait)
   t0=$(date +%s.%N)
   if [ "${PERF:-1}" = 0 ]; then bash -c "$1"; else
-    perf record -q -a -g -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
+    perf record -q -a --call-graph "${CALLGRAPH:-fp}" -e cpu-clock -F 499 -o /tmp/dustfs-profile.data -- bash -c "$1" 2>/dev/null
   fi
   t1=$(date +%s.%N)
   c1=$(busy); s1=$(steal); w1=$(iowait)
