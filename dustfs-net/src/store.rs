@@ -129,6 +129,15 @@ impl NetStore {
         supplier: &SupplierId,
         mut make: impl FnMut() -> Result<Request, StoreError>,
     ) -> Result<Response, StoreError> {
+        self.call_frame(supplier, || make().map(|r| protocol::encode_request(&r)))
+    }
+
+    /// [`Self::call`] with a request already encoded by `make`.
+    fn call_frame(
+        &self,
+        supplier: &SupplierId,
+        mut make: impl FnMut() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Response, StoreError> {
         let peer: PeerId = supplier
             .parse()
             .map_err(|_| StoreError::Refused(format!("bad supplier id {supplier}")))?;
@@ -138,7 +147,7 @@ impl NetStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let frame = protocol::encode_request(&make()?);
+            let frame = make()?;
             match self.rt.block_on(self.node.request(peer, frame)) {
                 Ok(resp) => {
                     return protocol::decode_response_owned(resp)
@@ -242,7 +251,7 @@ impl ShardStore for NetStore {
         // One retry: a supplier that lost or let our contract lapse says so, and we ask again.
         for attempt in 0..2 {
             self.ensure_contract(supplier)?;
-            match self.call(supplier, || {
+            match self.call_frame(supplier, || {
                 let env = self.sign(
                     supplier,
                     Op::Store {
@@ -250,10 +259,7 @@ impl ShardStore for NetStore {
                         len: bytes.len() as u64,
                     },
                 )?;
-                Ok(Request::Store {
-                    env,
-                    data: bytes.to_vec(),
-                })
+                Ok(protocol::encode_store(&env, bytes))
             })? {
                 Response::Stored => return Ok(()),
                 Response::Error(WireError::NoContract) if attempt == 0 => {

@@ -207,37 +207,45 @@ impl ShardDir {
 
     /// Answers one request frame. Never panics on bad input; every refusal is typed.
     pub fn handle(&self, frame: &[u8]) -> Vec<u8> {
-        let resp = match protocol::decode_request(frame) {
-            Ok(req) => self.handle_request(req).unwrap_or_else(Response::Error),
-            Err(e) => Response::Error(e),
-        };
+        // A store (the bulk of what a supplier receives) is read in place, its bytes not
+        // copied out of the frame.
+        let resp = match protocol::decode_store(frame) {
+            Some((env, data)) => self.handle_store(env, data),
+            None => match protocol::decode_request(frame) {
+                Ok(req) => self.handle_request(req),
+                Err(e) => Err(e),
+            },
+        }
+        .unwrap_or_else(Response::Error);
         if let Response::Error(e) = &resp {
             debug!(error = %e, "request refused");
         }
         protocol::encode_response(&resp)
     }
 
+    fn handle_store(&self, env: Envelope, data: &[u8]) -> Result<Response, WireError> {
+        let Op::Store { shard, len } = env.signed.op else {
+            return Err(WireError::Malformed(
+                "store request with another operation".into(),
+            ));
+        };
+        if data.len() > MAX_SHARD {
+            return Err(WireError::TooLarge);
+        }
+        if len != data.len() as u64 || ShardId::of(data) != shard {
+            return Err(WireError::HashMismatch);
+        }
+        self.admit(&env)?;
+        let quota = self.contract_quota(&env.signed.customer)?;
+        if self.fault != Fault::Drop {
+            self.store(&env.signed.customer, &shard, data, quota)?;
+        }
+        Ok(Response::Stored)
+    }
+
     fn handle_request(&self, req: Request) -> Result<Response, WireError> {
         match req {
-            Request::Store { env, data } => {
-                let Op::Store { shard, len } = env.signed.op else {
-                    return Err(WireError::Malformed(
-                        "store request with another operation".into(),
-                    ));
-                };
-                if data.len() > MAX_SHARD {
-                    return Err(WireError::TooLarge);
-                }
-                if len != data.len() as u64 || ShardId::of(&data) != shard {
-                    return Err(WireError::HashMismatch);
-                }
-                self.admit(&env)?;
-                let quota = self.contract_quota(&env.signed.customer)?;
-                if self.fault != Fault::Drop {
-                    self.store(&env.signed.customer, &shard, &data, quota)?;
-                }
-                Ok(Response::Stored)
-            }
+            Request::Store { env, data } => self.handle_store(env, &data),
             Request::Fetch {
                 customer,
                 shard,
