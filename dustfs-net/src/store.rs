@@ -389,15 +389,19 @@ mod tests {
     use crate::host::NodeConfig;
     use crate::supplier::ShardDir;
 
-    /// Two real nodes on 127.0.0.1: a supplier, and the customer's store.
-    fn pair(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Node, NetStore, SupplierId) {
+    /// Two real nodes on 127.0.0.1: a supplier listening on `listen`, and the customer's store.
+    fn pair(
+        rt: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        listen: &str,
+    ) -> (Node, NetStore, SupplierId) {
         let (supplier, customer) = rt.block_on(async {
             let keypair = libp2p::identity::Keypair::generate_ed25519();
             let signer = protocol::signing_key_of(&keypair).unwrap();
             let shards = Arc::new(ShardDir::open(dir, 64 << 20, signer).unwrap());
             let s = Node::start(NodeConfig {
                 keypair,
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                listen: vec![listen.parse().unwrap()],
                 bootstrap: vec![],
                 supplier: Some(shards),
             })
@@ -431,7 +435,7 @@ mod tests {
             .build()
             .unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let (supplier, store, sup) = pair(&rt, tmp.path());
+        let (supplier, store, sup) = pair(&rt, tmp.path(), "/ip4/127.0.0.1/tcp/0");
         let mut tries = 0;
         let quota = loop {
             match store.ensure_contract(&sup) {
@@ -461,5 +465,48 @@ mod tests {
             "not renewed: {renewed} vs {aged}"
         );
         assert_eq!(store.fetch(&sup, &ShardId::of(&more)).unwrap(), more);
+    }
+
+    /// The supplier closes the connection while stores are on their way (as nodes close a QUIC
+    /// connection beside a TCP one): over QUIC the customer's request stream then fails with an
+    /// IO error ("connection lost") rather than as a closed connection. Every store must still succeed, sent
+    /// again on a new connection, and the supplier must not be passed over.
+    #[test]
+    fn stores_cut_off_by_a_closing_connection_are_sent_again() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (supplier, store, sup) = pair(&rt, tmp.path(), "/ip4/127.0.0.1/udp/0/quic-v1");
+        let mut tries = 0;
+        while let Err(e) = store.ensure_contract(&sup) {
+            tries += 1;
+            assert!(tries < 50, "no contract: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut stored = Vec::new();
+        for i in 0..15u64 {
+            let data: Vec<u8> = (0..4u64 << 20).map(|j| (j * 31 + i) as u8).collect();
+            let id = ShardId::of(&data);
+            // Cut the connection 0-42 ms into the store: mostly while its bytes are moving.
+            let (node, peer, rt2) = (supplier.clone(), store.node.peer_id, rt.handle().clone());
+            let cutter = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(i * 3));
+                rt2.block_on(node.disconnect(peer))
+            });
+            let r = store.store(&sup, &id, &data);
+            cutter.join().unwrap().unwrap();
+            r.unwrap_or_else(|e| panic!("store {i} failed: {e}"));
+            stored.push((id, data));
+        }
+        assert!(
+            store.resent() > 0,
+            "no store was cut off: the test did not test anything"
+        );
+        for (id, data) in &stored {
+            assert_eq!(&store.fetch(&sup, id).unwrap(), data);
+        }
     }
 }
