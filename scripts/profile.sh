@@ -4,6 +4,7 @@
 # Usage: scripts/profile.sh write|read [SIZE_MIB (512)]   (root; builds release; needs perf)
 #   write: copy SIZE_MIB of random data in and `dustfs sync` (durable on suppliers)
 #   read:  cold sequential read of it after `dustfs cache drop` and dropping the page cache
+#          (profiled), then a warm one (timed only)
 # The raw profile stays in /tmp/dustfs-profile.data for `perf report -i`. PERF=0 only times it.
 # CALLGRAPH=dwarf,16384 unwinds through Rust code built without frame pointers (larger profile).
 set -euo pipefail
@@ -46,6 +47,8 @@ case $WHAT in
     cp "$W/big" "$W/mnt/big" && "$B" --home "$W/home" sync >/dev/null
     "$B" --home "$W/home" cache drop >/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
     run "cat '$W/mnt/big' > /dev/null"
+    t0=$(date +%s.%N); cat "$W/mnt/big" > /dev/null; t1=$(date +%s.%N)
+    python3 -c "print(f'warm read right after: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s')"
     "$B" --home "$W/home" status --json | python3 -c 'import json,sys; print("spare (hedged) shard fetches:", json.load(sys.stdin)["hedged_fetches"])' ;;
   *) echo "usage: $0 write|read [SIZE_MIB]" >&2; exit 2 ;;
 esac

@@ -56,6 +56,37 @@ fn rsync_tree_survives_remount_two_dead_suppliers_and_a_cold_cache() {
     c.umount();
 }
 
+/// Files stay in the kernel's page cache from one open to the next (a file read a moment ago
+/// is read again without this process), and `dustfs cache drop` drops those pages too: the
+/// next read goes through the mount and back to the suppliers, as the user asked.
+#[test]
+fn cache_drop_also_drops_the_kernels_cached_pages() {
+    require_root_and_fuse();
+    let root = scratch("kcache");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let f = c.mnt.join("f.bin");
+    write_random(&f, 8 << 20, 11);
+    write_random(&root.join("f.expected"), 8 << 20, 11);
+    let expected = sha256(&root.join("f.expected"));
+    c.sync();
+    for _ in 0..2 {
+        assert_eq!(sha256(&f), expected);
+    }
+    c.cache_drop();
+    assert_eq!(c.status()["cache_bytes"].as_u64(), Some(0));
+    assert_eq!(sha256(&f), expected);
+    // Read through the mount, so fetched from suppliers into the (emptied) block cache; pages
+    // the kernel had kept would have answered without it.
+    let cached = c.status()["cache_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        cached >= 8 << 20,
+        "the read after cache drop did not reach the mount: {cached}"
+    );
+    c.umount();
+}
+
 #[test]
 fn suppliers_hold_no_plaintext_and_identical_data_is_stored_once() {
     require_root_and_fuse();

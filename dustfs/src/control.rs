@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
+use crate::fuse::KernelCache;
+
 /// A request on the control socket.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -71,6 +73,7 @@ pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     engine: Arc<Engine>,
     node: Node,
+    kernel_cache: Arc<KernelCache>,
     retention: dustfs_core::fs::Retention,
 ) -> Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
@@ -78,8 +81,9 @@ pub async fn serve(
         let (stream, _) = listener.accept().await?;
         let engine = engine.clone();
         let node = node.clone();
+        let kernel_cache = kernel_cache.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, engine, node, retention).await {
+            if let Err(e) = handle(stream, engine, node, kernel_cache, retention).await {
                 debug!(error = %e, "control connection ended");
             }
         });
@@ -147,6 +151,7 @@ async fn handle(
     stream: tokio::net::UnixStream,
     engine: Arc<Engine>,
     node: Node,
+    kernel_cache: Arc<KernelCache>,
     retention: dustfs_core::fs::Retention,
 ) -> Result<()> {
     let (r, mut w) = stream.into_split();
@@ -186,7 +191,14 @@ async fn handle(
         }
         ControlRequest::CacheDrop => {
             let e = engine.clone();
-            match tokio::task::spawn_blocking(move || e.cache_drop()).await? {
+            // The local block cache, then the kernel's pages of the files (which would
+            // otherwise answer the next read without asking this process).
+            let drop = move || {
+                let bytes = e.cache_drop()?;
+                kernel_cache.drop_all();
+                Ok::<_, dustfs_core::fs::FsError>(bytes)
+            };
+            match tokio::task::spawn_blocking(drop).await? {
                 Ok(bytes) => send(&mut w, &ControlReply::Done { bytes }).await,
                 Err(e) => send(&mut w, &ControlReply::Error(e.to_string())).await,
             }

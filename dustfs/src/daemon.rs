@@ -381,10 +381,12 @@ pub fn run_mount(
     };
     let sock = home.path(&sock_file);
     let listener = crate::control::bind(&sock)?;
+    let kernel_cache = Arc::new(crate::fuse::KernelCache::default());
     rt.spawn(crate::control::serve(
         listener,
         engine.clone(),
         node.clone(),
+        kernel_cache.clone(),
         cfg.snapshots,
     ));
     // SIGTERM / SIGINT unmount cleanly, which ends the FUSE session below.
@@ -427,7 +429,7 @@ pub fn run_mount(
         fuser::MountOption::RW
     });
     let mut session = match fuser::Session::new(
-        crate::fuse::DustFs::new(engine.clone(), opts.uid, opts.gid),
+        crate::fuse::DustFs::new(engine.clone(), opts.uid, opts.gid, kernel_cache.clone()),
         &mp,
         &options,
     ) {
@@ -442,6 +444,7 @@ pub fn run_mount(
             bail!(msg);
         }
     };
+    kernel_cache.set_notifier(session.notifier());
     info!(mountpoint = %mp.display(), "mounted");
     ready(Ok(()));
     let result = session.run();

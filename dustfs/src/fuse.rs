@@ -87,18 +87,115 @@ fn ts(t: TimeOrNow) -> Ts {
     }
 }
 
+/// Most inodes tracked in [`KernelCache`]; files opened beyond it are not kept cached.
+const MAX_KEPT: usize = 1 << 20;
+
+/// File data the kernel keeps in its page cache from one open to the next
+/// (`FOPEN_KEEP_CACHE`), so a file read or written a moment ago is read again at page-cache
+/// speed instead of through this process (`scripts/bench.sh` warm read). Every write,
+/// truncate and hole punch goes through the kernel, which updates or drops its pages, so
+/// they stay true; only `dustfs cache drop` must drop them as well, so that the next read
+/// really comes from suppliers (the tests rely on that): it invalidates every inode here.
+///
+/// Tracked: the inodes the kernel may hold pages of, from their creation or first open until
+/// the kernel forgets them (and its pages with them). An inode opened while untracked is
+/// opened without the flag once (the kernel drops whatever pages it had, which a cache drop
+/// may have missed) and kept from its next open on.
+#[derive(Default)]
+pub struct KernelCache {
+    notifier: std::sync::OnceLock<fuser::Notifier>,
+    inodes: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl KernelCache {
+    /// The session's notifier: until it is set, nothing is kept.
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    fn has_notifier(&self) -> bool {
+        self.notifier.get().is_some()
+    }
+
+    /// Whether an open of `ino` may keep the kernel's pages; tracks it from now on.
+    fn keep(&self, ino: u64) -> bool {
+        if !self.has_notifier() {
+            return false;
+        }
+        let mut set = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        if set.contains(&ino) {
+            return true;
+        }
+        if set.len() < MAX_KEPT {
+            set.insert(ino);
+        }
+        false
+    }
+
+    /// A new file: no pages yet, tracked from the start.
+    fn created(&self, ino: u64) {
+        if self.has_notifier() {
+            let mut set = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            if set.len() < MAX_KEPT {
+                set.insert(ino);
+            }
+        }
+    }
+
+    fn forget(&self, ino: u64) {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+
+    /// Drops the kernel's cached pages of every tracked file; returns how many files.
+    pub fn drop_all(&self) -> usize {
+        let inodes: Vec<u64> = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        let Some(n) = self.notifier.get() else {
+            return 0;
+        };
+        for &ino in &inodes {
+            // ENOENT: the kernel forgot the inode already (its FORGET is on the way).
+            if let Err(e) = n.inval_inode(ino, 0, 0)
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                warn!(ino, error = %e, "cannot drop the kernel's cached pages");
+            }
+        }
+        inodes.len()
+    }
+}
+
 /// The mounted filesystem.
 pub struct DustFs {
     engine: Arc<Engine>,
     /// `uid=` / `gid=` mount options: every file shown as owned by them.
     uid: Option<u32>,
     gid: Option<u32>,
+    kernel_cache: Arc<KernelCache>,
 }
 
 impl DustFs {
     /// Wraps an engine.
-    pub fn new(engine: Arc<Engine>, uid: Option<u32>, gid: Option<u32>) -> Self {
-        Self { engine, uid, gid }
+    pub fn new(
+        engine: Arc<Engine>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        kernel_cache: Arc<KernelCache>,
+    ) -> Self {
+        Self {
+            engine,
+            uid,
+            gid,
+            kernel_cache,
+        }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -315,8 +412,15 @@ impl Filesystem for DustFs {
         self.entry(self.engine.link(ino, newparent, newname), reply);
     }
 
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, _nlookup: u64) {
+        self.kernel_cache.forget(ino);
+    }
+
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         match self.engine.opened(ino) {
+            Ok(_) if self.kernel_cache.keep(ino) => {
+                reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE)
+            }
             Ok(_) => reply.opened(0, 0),
             Err(e) => reply.error(errno(&e)),
         }
@@ -630,7 +734,10 @@ impl Filesystem for DustFs {
             )
             .and_then(|i| self.engine.opened(i.ino));
         match r {
-            Ok(i) => reply.created(&TTL, &self.attr(&i), 0, 0, 0),
+            Ok(i) => {
+                self.kernel_cache.created(i.ino);
+                reply.created(&TTL, &self.attr(&i), 0, 0, 0)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
