@@ -133,6 +133,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "cache_bytes": e.cache_bytes,
         "corrupt_shards_detected": e.corrupt_shards,
         "hedged_fetches": e.hedged_fetches,
+        "fetched_bytes": e.fetched_bytes,
         "db_memtable_bytes": e.db_memtables,
         "supplier_states": supplier_states,
         "suppliers_by_state": suppliers_by_state,

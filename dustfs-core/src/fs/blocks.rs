@@ -186,6 +186,9 @@ pub(super) fn recover_open_block(
 
 /// Blocks fetched ahead of one sequential reader at most at once.
 const READAHEAD_BLOCKS: usize = 4;
+/// Blocks fetched ahead held in memory for their readers (oldest dropped first): room for two
+/// sequential readers' windows.
+const READY_BLOCKS: usize = 2 * READAHEAD_BLOCKS;
 /// Files whose read position is remembered for readahead.
 const READAHEAD_FILES: usize = 256;
 
@@ -195,6 +198,20 @@ pub(super) struct Readahead {
     /// ino → (end of the last read, offset up to which blocks were requested).
     files: lru::LruCache<u64, (u64, u64)>,
     in_flight: HashSet<u64>,
+    /// Blocks fetched ahead, in memory until their reader has taken its chunks from them.
+    ready: std::collections::VecDeque<(u64, Arc<Vec<u8>>)>,
+}
+
+impl Readahead {
+    fn ready_slice(&self, no: u64, off: usize, len: usize) -> Option<FsResult<Vec<u8>>> {
+        let (_, block) = self.ready.iter().find(|(n, _)| *n == no)?;
+        Some(
+            block
+                .get(off..off + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}"))),
+        )
+    }
 }
 
 impl Default for Readahead {
@@ -204,6 +221,7 @@ impl Default for Readahead {
                 std::num::NonZeroUsize::new(READAHEAD_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
             ),
             in_flight: HashSet::new(),
+            ready: std::collections::VecDeque::new(),
         }
     }
 }
@@ -587,6 +605,9 @@ impl Engine {
         }
         let mut waited = false;
         loop {
+            if let Some(v) = lock(&self.readahead.0).ready_slice(no, off, len) {
+                return v;
+            }
             if let Some(v) = self.cache_read(no, off, len)? {
                 return Ok(v);
             }
@@ -612,13 +633,40 @@ impl Engine {
 
     /// Fetches a block from suppliers for a reader and keeps it in the block cache.
     fn fetch_into_cache(&self, no: u64) -> FsResult<Vec<u8>> {
+        let block = self.fetch_for_reader(no)?;
+        self.cache_put(no, &block);
+        Ok(block)
+    }
+
+    /// Fetches a block from suppliers for a reader.
+    fn fetch_for_reader(&self, no: u64) -> FsResult<Vec<u8>> {
         // Counted while it waits on the network, so background repair yields to it.
         self.foreground_fetches.fetch_add(1, Ordering::SeqCst);
         let r = self.fetch_block(no);
         self.foreground_fetches.fetch_sub(1, Ordering::SeqCst);
         let block = r?;
-        self.cache_put(no, &block);
+        self.fetched_bytes
+            .fetch_add(block.len() as u64, Ordering::Relaxed);
         Ok(block)
+    }
+
+    /// Fetches a block ahead of a sequential reader, into memory only. A file read from
+    /// start to end does not go through the block cache: a restore of 100 GiB would write
+    /// 100 GiB into a cache of 1 GiB, each block evicting an older one, for nothing (the
+    /// kernel keeps the pages of a file just read, see `FOPEN_KEEP_CACHE` in the FUSE
+    /// adapter). Writing each block to its cache file was 13.5% of the machine's CPU in a
+    /// cold 256 MiB read (`scripts/profile.sh read` with `CALLGRAPH=dwarf`, issue 8 note),
+    /// and the reader read it back from that file. The first block of a read, small files
+    /// and random reads are fetched by the reader itself and cached as before.
+    fn fetch_ahead(&self, no: u64) -> FsResult<()> {
+        let block = Arc::new(self.fetch_for_reader(no)?);
+        let mut ra = lock(&self.readahead.0);
+        ra.ready.retain(|(n, _)| *n != no);
+        if ra.ready.len() >= READY_BLOCKS {
+            ra.ready.pop_front();
+        }
+        ra.ready.push_back((no, block));
+        Ok(())
     }
 
     /// Readahead, called after each read of `[off, off + len)` of `ino`: while a file is read
@@ -653,7 +701,7 @@ impl Engine {
                 if ra.in_flight.len() >= READAHEAD_BLOCKS {
                     break;
                 }
-                if !ra.in_flight.insert(no) {
+                if ra.ready.iter().any(|(n, _)| *n == no) || !ra.in_flight.insert(no) {
                     continue;
                 }
             }
@@ -661,7 +709,7 @@ impl Engine {
             let spawned = std::thread::Builder::new()
                 .name("dustfs-readahead".into())
                 .spawn(move || {
-                    if let Err(e) = me.fetch_into_cache(no) {
+                    if let Err(e) = me.fetch_ahead(no) {
                         debug!(block = no, error = %e, "readahead fetch failed");
                     }
                     lock(&me.readahead.0).in_flight.remove(&no);
@@ -726,6 +774,7 @@ impl Engine {
     /// for upload keeps its file: it is the only copy (what fails to authenticate in it is
     /// reported; the rest of it can still be uploaded and read).
     pub(super) fn discard_cached_block(&self, no: u64) -> FsResult<()> {
+        lock(&self.readahead.0).ready.retain(|(n, _)| *n != no);
         let mut c = lock(&self.cache);
         if c.pinned.contains(&no) {
             return Ok(());
@@ -1181,6 +1230,7 @@ impl Engine {
             cache_bytes,
             corrupt_shards: self.corrupt_shards.load(Ordering::Relaxed),
             hedged_fetches: self.hedged_fetches.load(Ordering::Relaxed),
+            fetched_bytes: self.fetched_bytes.load(Ordering::Relaxed),
             suppliers,
             db_memtables,
         })
@@ -1203,6 +1253,7 @@ impl Engine {
             self.forget_cached_block(no)?;
         }
         lock(&self.chunk_cache).clear();
+        lock(&self.readahead.0).ready.clear();
         let after = lock(&self.cache).bytes;
         Ok(before.saturating_sub(after))
     }

@@ -187,6 +187,8 @@ pub struct EngineStatus {
     pub corrupt_shards: u64,
     /// Extra shard fetches started since start because a supplier was slow to answer.
     pub hedged_fetches: u64,
+    /// Bytes of blocks fetched from suppliers for reads since start.
+    pub fetched_bytes: u64,
     /// Suppliers the store offers.
     pub suppliers: Vec<SupplierId>,
     /// Memory held by the local database's memtables, per column family.
@@ -255,6 +257,7 @@ pub struct Engine {
     foreground_fetches: std::sync::atomic::AtomicUsize,
     corrupt_shards: AtomicU64,
     hedged_fetches: AtomicU64,
+    fetched_bytes: AtomicU64,
     /// Supplier space (used, granted) as file-data bytes, and when it was asked.
     space: Mutex<Option<SpaceAnswer>>,
     /// Signalled when uploads progress or new blocks are queued.
@@ -334,6 +337,7 @@ impl Engine {
             foreground_fetches: std::sync::atomic::AtomicUsize::new(0),
             corrupt_shards: AtomicU64::new(0),
             hedged_fetches: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
             space: Mutex::new(None),
             progress: (Mutex::new(0), Condvar::new()),
             readahead: (Mutex::new(blocks::Readahead::default()), Condvar::new()),
