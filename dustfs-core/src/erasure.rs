@@ -160,20 +160,96 @@ fn join<'a>(data: impl Iterator<Item = &'a [u8]>, block_len: usize) -> Option<Ve
 pub fn decode_shards(
     r: Redundancy,
     block_len: usize,
-    mut shards: Vec<Option<Vec<u8>>>,
+    shards: Vec<Option<Vec<u8>>>,
 ) -> Result<Vec<u8>, ErasureError> {
+    Ok(decode_parts(r, block_len, shards)?.into_vec())
+}
+
+/// A decoded block: its k data shards where they lie (when all of them came, the common
+/// case, nothing is copied: a reader takes its chunks straight out of the shards), or one
+/// buffer after a rebuild.
+#[derive(Debug)]
+pub enum BlockBytes {
+    /// Whole data shards (header, then `size` payload bytes each); the block is their
+    /// payloads one after the other, cut at `len`.
+    Shards {
+        /// The k data shards, in order.
+        shards: Vec<Vec<u8>>,
+        /// Payload bytes per shard.
+        size: usize,
+        /// The block's length.
+        len: usize,
+    },
+    /// The block in one buffer.
+    Whole(Vec<u8>),
+}
+
+impl BlockBytes {
+    /// The block's length.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Shards { len, .. } => *len,
+            Self::Whole(b) => b.len(),
+        }
+    }
+
+    /// Whether the block is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes `[off, off + len)` of the block (`None` past its end).
+    pub fn slice(&self, off: usize, len: usize) -> Option<Vec<u8>> {
+        let end = off.checked_add(len)?;
+        if end > self.len() {
+            return None;
+        }
+        match self {
+            Self::Whole(b) => b.get(off..end).map(<[u8]>::to_vec),
+            Self::Shards { shards, size, .. } => {
+                let mut out = Vec::with_capacity(len);
+                let mut at = off;
+                while at < end {
+                    let (i, within) = (at / size, at % size);
+                    let n = (size - within).min(end - at);
+                    let from = HEADER_LEN + within;
+                    out.extend_from_slice(shards.get(i)?.get(from..from + n)?);
+                    at += n;
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// The block in one buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Self::Whole(b) => b,
+            Self::Shards { shards, len, .. } => {
+                join(shards.iter().map(|s| &s[HEADER_LEN..]), len).unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// [`decode_shards`] without joining the data shards into one buffer.
+pub fn decode_parts(
+    r: Redundancy,
+    block_len: usize,
+    mut shards: Vec<Option<Vec<u8>>>,
+) -> Result<BlockBytes, ErasureError> {
     let k = r.k as usize;
+    let size = block_len.div_ceil(k).max(1);
     shards.resize(r.total(), None);
-    if shards[..k].iter().all(Option::is_some)
-        && let Some(block) = join(
-            shards[..k]
-                .iter()
-                .flatten()
-                .map(|s| s.get(HEADER_LEN..).unwrap_or_default()),
-            block_len,
-        )
+    if shards[..k]
+        .iter()
+        .all(|s| s.as_ref().is_some_and(|s| s.len() == HEADER_LEN + size))
     {
-        return Ok(block);
+        return Ok(BlockBytes::Shards {
+            shards: shards.into_iter().take(k).flatten().collect(),
+            size,
+            len: block_len,
+        });
     }
     let payloads = shards
         .into_iter()
@@ -184,7 +260,7 @@ pub fn decode_shards(
             })
         })
         .collect();
-    decode(r, block_len, payloads)
+    decode(r, block_len, payloads).map(BlockBytes::Whole)
 }
 
 #[cfg(test)]
@@ -202,7 +278,8 @@ mod tests {
     proptest! {
         #[test]
         fn any_k_shards_rebuild_the_block(block in proptest::collection::vec(any::<u8>(), 0..5000),
-                                          lost in proptest::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5], 0..=2)) {
+                                          lost in proptest::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5], 0..=2),
+                                          off in 0usize..5000, len in 0usize..5000) {
             let r = Redundancy::default();
             let shards = encode(r, &block).unwrap();
             prop_assert_eq!(shards.len(), 6);
@@ -211,7 +288,13 @@ mod tests {
             prop_assert_eq!(decode(r, block.len(), p).unwrap(), block.clone());
             let mut whole: Vec<_> = shards.into_iter().map(|(_, b)| Some(b)).collect();
             for i in &lost { whole[*i] = None; }
-            prop_assert_eq!(decode_shards(r, block.len(), whole).unwrap(), block);
+            prop_assert_eq!(decode_shards(r, block.len(), whole.clone()).unwrap(), block.clone());
+            // Any slice taken from the parts is that slice of the block; past its end, none.
+            let parts = decode_parts(r, block.len(), whole).unwrap();
+            prop_assert_eq!(parts.len(), block.len());
+            let (a, b) = (off.min(block.len()), len.min(block.len() - off.min(block.len())));
+            prop_assert_eq!(parts.slice(a, b), Some(block[a..a + b].to_vec()));
+            prop_assert_eq!(parts.slice(a, block.len() - a + 1), None);
         }
     }
 

@@ -199,7 +199,7 @@ pub(super) struct Readahead {
     files: lru::LruCache<u64, (u64, u64)>,
     in_flight: HashSet<u64>,
     /// Blocks fetched ahead, in memory until their reader has taken its chunks from them.
-    ready: std::collections::VecDeque<(u64, Arc<Vec<u8>>)>,
+    ready: std::collections::VecDeque<(u64, Arc<erasure::BlockBytes>)>,
 }
 
 impl Readahead {
@@ -207,8 +207,7 @@ impl Readahead {
         let (_, block) = self.ready.iter().find(|(n, _)| *n == no)?;
         Some(
             block
-                .get(off..off + len)
-                .map(<[u8]>::to_vec)
+                .slice(off, len)
                 .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}"))),
         )
     }
@@ -633,16 +632,16 @@ impl Engine {
 
     /// Fetches a block from suppliers for a reader and keeps it in the block cache.
     fn fetch_into_cache(&self, no: u64) -> FsResult<Vec<u8>> {
-        let block = self.fetch_for_reader(no)?;
+        let block = self.fetch_for_reader(no)?.into_vec();
         self.cache_put(no, &block);
         Ok(block)
     }
 
     /// Fetches a block from suppliers for a reader.
-    fn fetch_for_reader(&self, no: u64) -> FsResult<Vec<u8>> {
+    fn fetch_for_reader(&self, no: u64) -> FsResult<erasure::BlockBytes> {
         // Counted while it waits on the network, so background repair yields to it.
         self.foreground_fetches.fetch_add(1, Ordering::SeqCst);
-        let r = self.fetch_block(no);
+        let r = self.fetch_block_parts(no);
         self.foreground_fetches.fetch_sub(1, Ordering::SeqCst);
         let block = r?;
         self.fetched_bytes
@@ -657,7 +656,10 @@ impl Engine {
     /// adapter). Writing each block to its cache file was 13.5% of the machine's CPU in a
     /// cold 256 MiB read (`scripts/profile.sh read` with `CALLGRAPH=dwarf`, issue 8 note),
     /// and the reader read it back from that file. The first block of a read, small files
-    /// and random reads are fetched by the reader itself and cached as before.
+    /// and random reads are fetched by the reader itself and cached as before. The block
+    /// stays in its data shards: the reader copies each chunk out of them, instead of the
+    /// block being copied into one buffer first (5% of the machine's CPU in a cold read:
+    /// the copy, and page faults on a fresh 4 MiB buffer per block).
     fn fetch_ahead(&self, no: u64) -> FsResult<()> {
         let block = Arc::new(self.fetch_for_reader(no)?);
         let mut ra = lock(&self.readahead.0);
@@ -790,6 +792,11 @@ impl Engine {
     /// Fetches a block from its suppliers: the k data shards first, then parity shards for
     /// whatever is missing, fails verification or is slow to come, and rebuilds it.
     pub(super) fn fetch_block(&self, no: u64) -> FsResult<Vec<u8>> {
+        Ok(self.fetch_block_parts(no)?.into_vec())
+    }
+
+    /// [`Self::fetch_block`], the block left in its data shards when they all came.
+    fn fetch_block_parts(&self, no: u64) -> FsResult<erasure::BlockBytes> {
         let rec = self
             .block_record(no)?
             .ok_or_else(|| FsError::Corrupt(format!("block {no} has no record")))?;
@@ -935,7 +942,7 @@ impl Engine {
                 }
             }
         }
-        Ok(erasure::decode_shards(r, rec.len as usize, payloads)?)
+        Ok(erasure::decode_parts(r, rec.len as usize, payloads)?)
     }
 
     /// A queued shard's bytes if they are at hand: staged in memory, or (databases written
