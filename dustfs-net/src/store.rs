@@ -427,26 +427,35 @@ mod tests {
         (supplier, store, id)
     }
 
-    #[test]
-    fn a_contract_past_half_its_term_is_renewed_before_the_next_store() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let (supplier, store, sup) = pair(&rt, tmp.path(), "/ip4/127.0.0.1/tcp/0");
+            .unwrap()
+    }
+
+    /// The contract with the supplier, asked for until the nodes have found each other.
+    fn contract(store: &NetStore, sup: &SupplierId) -> u64 {
         let mut tries = 0;
-        let quota = loop {
-            match store.ensure_contract(&sup) {
-                Ok(q) => break q,
+        loop {
+            match store.ensure_contract(sup) {
+                Ok(q) => return q,
                 Err(e) => {
                     tries += 1;
                     assert!(tries < 50, "no contract: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-        };
+        }
+    }
+
+    #[test]
+    fn a_contract_past_half_its_term_is_renewed_before_the_next_store() {
+        let rt = runtime();
+        let tmp = tempfile::tempdir().unwrap();
+        let (supplier, store, sup) = pair(&rt, tmp.path(), "/ip4/127.0.0.1/tcp/0");
+        let quota = contract(&store, &sup);
         let granted = lock(&store.contracts)[&supplier.peer_id].1;
         assert!(granted > protocol::now_ms() + CONTRACT_TERM_MS / 2);
         // Before half the term is gone, nothing is asked again.
@@ -469,23 +478,14 @@ mod tests {
 
     /// The supplier closes the connection while stores are on their way (as nodes close a QUIC
     /// connection beside a TCP one): over QUIC the customer's request stream then fails with an
-    /// IO error ("connection lost") rather than as a closed connection. Every store must still succeed, sent
-    /// again on a new connection, and the supplier must not be passed over.
+    /// IO error ("connection lost") rather than as a closed connection. Every store must still
+    /// succeed, sent again on a new connection, and the supplier must not be passed over.
     #[test]
     fn stores_cut_off_by_a_closing_connection_are_sent_again() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let tmp = tempfile::tempdir().unwrap();
         let (supplier, store, sup) = pair(&rt, tmp.path(), "/ip4/127.0.0.1/udp/0/quic-v1");
-        let mut tries = 0;
-        while let Err(e) = store.ensure_contract(&sup) {
-            tries += 1;
-            assert!(tries < 50, "no contract: {e}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        contract(&store, &sup);
         let mut stored = Vec::new();
         for i in 0..15u64 {
             let data: Vec<u8> = (0..4u64 << 20).map(|j| (j * 31 + i) as u8).collect();
