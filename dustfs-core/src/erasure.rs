@@ -225,9 +225,13 @@ impl BlockBytes {
     pub fn into_vec(self) -> Vec<u8> {
         match self {
             Self::Whole(b) => b,
-            Self::Shards { shards, len, .. } => {
-                join(shards.iter().map(|s| &s[HEADER_LEN..]), len).unwrap_or_default()
-            }
+            Self::Shards { shards, len, .. } => join(
+                shards
+                    .iter()
+                    .map(|s| s.get(HEADER_LEN..).unwrap_or_default()),
+                len,
+            )
+            .unwrap_or_default(),
         }
     }
 }

@@ -105,36 +105,31 @@ impl MemStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Puts a supplier into one of the fault sets `of` picks, or takes it out.
+    fn mark(&self, of: fn(&mut MemInner) -> &mut HashSet<SupplierId>, s: &str, on: bool) {
+        let mut g = self.lock();
+        if on {
+            of(&mut g).insert(s.into());
+        } else {
+            of(&mut g).remove(s);
+        }
+    }
+
     /// Takes a supplier offline (or back).
     pub fn set_offline(&self, s: &str, off: bool) {
-        let mut g = self.lock();
-        if off {
-            g.offline.insert(s.into())
-        } else {
-            g.offline.remove(s)
-        };
+        self.mark(|g| &mut g.offline, s, off);
     }
 
     /// Makes a supplier's fetches wait until it is released (a supplier that is slow to
     /// answer), or releases it.
     pub fn set_stalled(&self, s: &str, on: bool) {
-        let mut g = self.lock();
-        if on {
-            g.stalled.insert(s.into());
-        } else {
-            g.stalled.remove(s);
-            self.unstalled.notify_all();
-        }
+        self.mark(|g| &mut g.stalled, s, on);
+        self.unstalled.notify_all();
     }
 
     /// Makes a supplier's fetches panic (a bug below the store's interface), or stops that.
     pub fn set_panicking(&self, s: &str, on: bool) {
-        let mut g = self.lock();
-        if on {
-            g.panicking.insert(s.into());
-        } else {
-            g.panicking.remove(s);
-        }
+        self.mark(|g| &mut g.panicking, s, on);
     }
 
     /// Marks a supplier as reachable only through a relay (not [`ShardStore::preferred`]).

@@ -117,11 +117,8 @@ impl KernelCache {
         self.notifier.get().is_some()
     }
 
-    /// Whether an open of `ino` may keep the kernel's pages; tracks it from now on.
-    fn keep(&self, ino: u64) -> bool {
-        if !self.has_notifier() {
-            return false;
-        }
+    /// Tracks `ino` from now on (while there is room); whether it was tracked already.
+    fn track(&self, ino: u64) -> bool {
         let mut set = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         if set.contains(&ino) {
             return true;
@@ -132,13 +129,15 @@ impl KernelCache {
         false
     }
 
+    /// Whether an open of `ino` may keep the kernel's pages; tracks it from now on.
+    fn keep(&self, ino: u64) -> bool {
+        self.has_notifier() && self.track(ino)
+    }
+
     /// A new file: no pages yet, tracked from the start.
     fn created(&self, ino: u64) {
         if self.has_notifier() {
-            let mut set = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-            if set.len() < MAX_KEPT {
-                set.insert(ino);
-            }
+            self.track(ino);
         }
     }
 

@@ -1265,17 +1265,24 @@ fn read_in_background(
     rx
 }
 
-#[test]
-fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
+/// A 5 MiB file stored on suppliers, not cached, whose first block's first data shard sits on a
+/// supplier that answers no fetch until released: the test, the bytes, the inode, that block's
+/// record and the stalled supplier.
+fn a_file_behind_a_stalled_supplier(seed: u64) -> (T, Vec<u8>, Ino, BlockRecord, String) {
     let t = setup(6, usize::MAX);
-    let data = random(5 << 20, 41);
-    let ino = t.file("slow", &data);
+    let data = random(5 << 20, seed);
+    let ino = t.file("f", &data);
     t.sync();
     t.fs.cache_drop().unwrap();
-    // The supplier of the first data shard of the first block answers no fetch at all.
     let rec = t.fs.block_record(1).unwrap().unwrap();
     let slow = rec.shards[0].supplier.clone().unwrap();
     t.store.set_stalled(&slow, true);
+    (t, data, ino, rec, slow)
+}
+
+#[test]
+fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
+    let (t, data, ino, _, slow) = a_file_behind_a_stalled_supplier(41);
     let rx = read_in_background(&t.fs, ino, data.len());
     // Not a timing test: without spare fetches the read waits forever; this bound only turns
     // that hang into a failure.
@@ -1288,17 +1295,10 @@ fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
 
 #[test]
 fn a_fetch_that_panics_loses_only_its_shard() {
-    let t = setup(6, usize::MAX);
-    let data = random(5 << 20, 43);
-    let ino = t.file("panics", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
     // The first data shard's supplier does not answer, so a spare fetch goes out for the
     // first parity shard, whose supplier's fetch panics.
-    let rec = t.fs.block_record(1).unwrap().unwrap();
-    let slow = rec.shards[0].supplier.clone().unwrap();
+    let (t, data, ino, rec, slow) = a_file_behind_a_stalled_supplier(43);
     let bad = rec.shards[4].supplier.clone().unwrap();
-    t.store.set_stalled(&slow, true);
     t.store.set_panicking(&bad, true);
     let rx = read_in_background(&t.fs, ino, data.len());
     // Without the panic reported as a failed fetch, the read waits for it for ever (the
