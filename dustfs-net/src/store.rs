@@ -18,6 +18,14 @@ use crate::protocol::{self, Envelope, Op, Request, Response, WireError};
 /// How long a supplier that could not be reached is skipped without trying.
 const DEAD_FOR: Duration = Duration::from_secs(10);
 
+/// How many times a request whose connection closed under it is sent in all. The first resend
+/// can land on the same closing connection (the node learns the request failed before it
+/// learns the connection is gone), so there is a short pause before each resend.
+const SENDS: u32 = 4;
+
+/// The pause before the first resend; it doubles with each one after (10, 20, 40 ms).
+const RESEND_PAUSE: Duration = Duration::from_millis(10);
+
 /// How long a contract asked for lasts; it is renewed when less than half is left.
 const CONTRACT_TERM_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -120,7 +128,8 @@ impl NetStore {
 
     /// Sends the request `make` builds and decodes the answer. When the connection it went
     /// out on closes before the answer (the node closes spare connections; idle and moved ones
-    /// close too), it is built again, with a fresh envelope, and sent once more: every request
+    /// close too), it is built again, with a fresh envelope, and sent again (up to [`SENDS`]
+    /// times in all): every request
     /// is idempotent (a shard stored twice is kept once, a second delete finds nothing), and
     /// a fresh nonce keeps the supplier's replay check from refusing the second copy. A
     /// supplier that fails otherwise is passed over for [`DEAD_FOR`].
@@ -153,9 +162,10 @@ impl NetStore {
                     return protocol::decode_response_owned(resp)
                         .map_err(|e| StoreError::Refused(e.to_string()));
                 }
-                Err(e @ NetError::ConnectionClosed { .. }) if attempt == 1 => {
-                    tracing::debug!(%peer, error = %e, "sending again");
+                Err(e @ NetError::ConnectionClosed { .. }) if attempt < SENDS => {
+                    tracing::debug!(%peer, error = %e, attempt, "sending again");
                     self.resent.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(RESEND_PAUSE * (1 << (attempt - 1)));
                 }
                 Err(e) => {
                     self.dead
