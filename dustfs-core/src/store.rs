@@ -85,6 +85,9 @@ struct MemInner {
     relayed: HashSet<SupplierId>,
     stalled: HashSet<SupplierId>,
     panicking: HashSet<SupplierId>,
+    /// Whether stores wait (see [`MemStore::hold_stores`]), and how many are waiting.
+    hold_stores: bool,
+    held_stores: usize,
 }
 
 impl MemStore {
@@ -125,6 +128,18 @@ impl MemStore {
     pub fn set_stalled(&self, s: &str, on: bool) {
         self.mark(|g| &mut g.stalled, s, on);
         self.unstalled.notify_all();
+    }
+
+    /// Makes every store wait until released (shards on their way to slow suppliers), or
+    /// releases them all.
+    pub fn hold_stores(&self, on: bool) {
+        self.lock().hold_stores = on;
+        self.unstalled.notify_all();
+    }
+
+    /// How many stores are waiting in [`MemStore::hold_stores`] now.
+    pub fn held_stores(&self) -> usize {
+        self.lock().held_stores
     }
 
     /// Makes a supplier's fetches panic (a bug below the store's interface), or stops that.
@@ -188,6 +203,13 @@ impl ShardStore for MemStore {
 
     fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
         let mut g = self.lock();
+        if g.hold_stores {
+            g.held_stores += 1;
+            while g.hold_stores {
+                g = self.unstalled.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            g.held_stores -= 1;
+        }
         if g.offline.contains(supplier) {
             return Err(StoreError::Unreachable(supplier.clone()));
         }

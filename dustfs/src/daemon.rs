@@ -295,7 +295,7 @@ pub fn run_mount(
     let ro = opts.ro || opts.snapshot.is_some();
     std::fs::write(home.path(&pid_file), format!("{}\n", std::process::id()))?;
 
-    // The uploader: drains the upload queue in the background.
+    // The uploaders: drain the upload queue in the background.
     let stop = Arc::new(AtomicBool::new(false));
     // The writer lease is renewed while mounted read-write, and released at the very end.
     let lease_stop = Arc::new(AtomicBool::new(false));
@@ -310,24 +310,29 @@ pub fn run_mount(
         }
         None => None,
     };
-    let uploader = {
+    // Several rounds at once: one waiting for the slowest store of its blocks does not leave
+    // the network idle (see Engine::upload_round).
+    let mut uploaders = Vec::new();
+    for n in 0..dustfs_core::fs::UPLOAD_ROUNDS {
         let engine = engine.clone();
         let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("uploader".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match engine.upload_round() {
-                        Ok(0) => engine.wait_progress(Duration::from_millis(500)),
-                        Ok(_) => {}
-                        Err(e) => {
-                            warn!(error = %e, "upload round failed");
-                            std::thread::sleep(Duration::from_secs(1));
+        uploaders.push(
+            std::thread::Builder::new()
+                .name(format!("uploader-{n}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match engine.upload_round() {
+                            Ok(0) => engine.wait_progress(Duration::from_millis(500)),
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(error = %e, "upload round failed");
+                                std::thread::sleep(Duration::from_secs(1));
+                            }
                         }
                     }
-                }
-            })?
-    };
+                })?,
+        );
+    }
     // Liveness checks of suppliers and repair of blocks that lost shards, in the background.
     let repairer = {
         let engine = engine.clone();
@@ -474,7 +479,9 @@ pub fn run_mount(
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let _ = uploader.join();
+    for u in uploaders {
+        let _ = u.join();
+    }
     let _ = repairer.join();
     lease_stop.store(true, Ordering::SeqCst);
     if let Some(l) = leaser {

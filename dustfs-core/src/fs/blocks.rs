@@ -23,7 +23,9 @@ use crate::shard::{self, ShardId};
 use crate::store::{StoreError, SupplierId};
 
 /// Most blocks one upload round works on at once (bounds threads and memory).
-const BLOCKS_PER_ROUND: usize = 4;
+pub(super) const BLOCKS_PER_ROUND: usize = 4;
+/// Upload rounds the daemon runs at once, each on its own thread and blocks.
+pub const UPLOAD_ROUNDS: usize = 2;
 /// How long a supplier that could not be reached is left alone.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
 /// A shard fetch still out this many times later than the first shard of its block came in
@@ -35,11 +37,29 @@ const HEDGE_MIN: Duration = Duration::from_millis(200);
 /// everywhere is not helped by asking more of it.
 const HEDGE_NONE_YET: Duration = Duration::from_secs(2);
 
-/// The uploader's memory: suppliers to avoid for a while and per-block refusals.
+/// The uploader's memory: suppliers to avoid for a while, per-block refusals, and the blocks
+/// upload rounds are working on now (several rounds may run at once, each on its own blocks).
 #[derive(Default)]
 pub(super) struct Uploader {
     suspect: HashMap<SupplierId, Instant>,
     refused: HashMap<u64, HashSet<SupplierId>>,
+    busy: HashSet<u64>,
+}
+
+/// Blocks one upload round claimed; they are free for other rounds again when it ends, also
+/// when it ends early (an error, a panic).
+struct Claimed<'a> {
+    up: &'a std::sync::Mutex<Uploader>,
+    blocks: Vec<u64>,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        let mut up = lock(self.up);
+        for no in &self.blocks {
+            up.busy.remove(no);
+        }
+    }
 }
 
 /// Sizes and recency of cached blocks; blocks not yet stored on suppliers are pinned.
@@ -1000,131 +1020,164 @@ impl Engine {
 
     /// One round of uploads: places queued shards of up to a few blocks on suppliers, in
     /// parallel. Returns the number of shards stored.
+    ///
+    /// Rounds may run on several threads at once (the daemon runs [`UPLOAD_ROUNDS`]): each
+    /// claims the first queued blocks no other round is working on, and holds the uploader's
+    /// lock only to choose suppliers and to record what was stored, not while shards are read,
+    /// encoded or sent. One round waits for the slowest of its stores before it records them;
+    /// a second round keeps the network and the suppliers busy meanwhile (512 MiB copy until
+    /// durable, 3 runs each, alternated: 119-134 MiB/s with one round at a time, 136-140 with
+    /// two).
     pub fn upload_round(&self) -> FsResult<usize> {
-        let mut up = lock(&self.up);
-        // Group the queue by block.
-        let mut queued: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        {
-            let outbox = self.cf(cf::OUTBOX);
-            let mut it = self.db.raw_iterator_cf(&outbox);
-            it.seek_to_first();
-            while let Some(k) = it.key() {
-                if let (Some(no), Some(i)) = (db::be_u64(k, 0), db::be_u64(k, 8)) {
-                    if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
-                        break;
-                    }
-                    queued.entry(no).or_default().push(i as usize);
-                }
-                it.next();
-            }
-            it.status()?;
-        }
-        if queued.is_empty() {
-            return Ok(0);
-        }
-        let now = Instant::now();
-        up.suspect.retain(|_, until| *until > now);
-        let suppliers: Vec<SupplierId> = self
-            .store
-            .suppliers()
-            .into_iter()
-            .filter(|s| !up.suspect.contains_key(s) && self.placeable(s))
-            .collect();
-        let tiers: [Vec<SupplierId>; 2] = {
-            let (first, second) = suppliers.into_iter().partition(|s| self.store.preferred(s));
-            [first, second]
+        // (block, shard index, supplier, shard id)
+        type Pick = (u64, usize, SupplierId, ShardId);
+        let mut claimed = Claimed {
+            up: &self.up,
+            blocks: Vec::new(),
         };
-        // (block, shard index, supplier, shard id, bytes)
-        type Job = (u64, usize, SupplierId, ShardId, Arc<Vec<u8>>);
-        let mut jobs: Vec<Job> = Vec::new();
+        let mut picks: Vec<Pick> = Vec::new();
         let mut records: HashMap<u64, BlockRecord> = HashMap::new();
-        for (no, shards) in queued {
-            let Some(rec) = self.block_record(no)? else {
-                warn!(
-                    block = no,
-                    "queued shards without a block record; dropping them"
-                );
+        {
+            let mut up = lock(&self.up);
+            // Group the queue by block.
+            let mut queued: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            {
                 let outbox = self.cf(cf::OUTBOX);
-                self.db
-                    .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
-                let mut staged = lock(&self.staged);
-                for i in shards {
-                    staged.remove(no, i);
+                let mut it = self.db.raw_iterator_cf(&outbox);
+                it.seek_to_first();
+                while let Some(k) = it.key() {
+                    if let (Some(no), Some(i)) = (db::be_u64(k, 0), db::be_u64(k, 8)) {
+                        if up.busy.contains(&no) {
+                            it.next();
+                            continue;
+                        }
+                        if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
+                            break;
+                        }
+                        queued.entry(no).or_default().push(i as usize);
+                    }
+                    it.next();
                 }
-                continue;
-            };
-            let mut used: HashSet<SupplierId> = rec
-                .shards
-                .iter()
-                .filter_map(|s| s.supplier.clone())
+                it.status()?;
+            }
+            if queued.is_empty() {
+                return Ok(0);
+            }
+            let now = Instant::now();
+            up.suspect.retain(|_, until| *until > now);
+            let suppliers: Vec<SupplierId> = self
+                .store
+                .suppliers()
+                .into_iter()
+                .filter(|s| !up.suspect.contains_key(s) && self.placeable(s))
                 .collect();
-            let refused = up.refused.get(&no).cloned().unwrap_or_default();
-            // Rotate each tier of the supplier list by block so load spreads when there are
-            // more suppliers than shards; the second tier (reached only through a relay) gets
-            // a shard only when the first has no supplier left for it.
-            let mut picks = Vec::new();
-            for i in shards {
-                let pick = tiers.iter().find_map(|tier| {
-                    let n = tier.len().max(1);
-                    (0..tier.len())
-                        .map(|j| &tier[(j + no as usize + i) % n])
-                        .find(|s| !used.contains(*s) && !refused.contains(*s))
-                });
-                if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
-                    used.insert(s.clone());
-                    picks.push((i, s.clone(), sr.id));
+            let tiers: [Vec<SupplierId>; 2] = {
+                let (first, second) = suppliers.into_iter().partition(|s| self.store.preferred(s));
+                [first, second]
+            };
+            for (no, shards) in queued {
+                let Some(rec) = self.block_record(no)? else {
+                    warn!(
+                        block = no,
+                        "queued shards without a block record; dropping them"
+                    );
+                    let outbox = self.cf(cf::OUTBOX);
+                    self.db
+                        .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
+                    let mut staged = lock(&self.staged);
+                    for i in shards {
+                        staged.remove(no, i);
+                    }
+                    continue;
+                };
+                let mut used: HashSet<SupplierId> = rec
+                    .shards
+                    .iter()
+                    .filter_map(|s| s.supplier.clone())
+                    .collect();
+                let refused = up.refused.get(&no).cloned().unwrap_or_default();
+                // Rotate each tier of the supplier list by block so load spreads when there
+                // are more suppliers than shards; the second tier (reached only through a
+                // relay) gets a shard only when the first has no supplier left for it.
+                let before = picks.len();
+                for i in shards {
+                    let pick = tiers.iter().find_map(|tier| {
+                        let n = tier.len().max(1);
+                        (0..tier.len())
+                            .map(|j| &tier[(j + no as usize + i) % n])
+                            .find(|s| !used.contains(*s) && !refused.contains(*s))
+                    });
+                    if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
+                        used.insert(s.clone());
+                        picks.push((no, i, s.clone(), sr.id));
+                    }
+                }
+                if picks.len() > before {
+                    up.busy.insert(no);
+                    claimed.blocks.push(no);
+                    records.insert(no, rec);
                 }
             }
-            // Bytes only for shards that have somewhere to go this round: a block nobody can
-            // take now is not read and encoded again for nothing.
-            if !picks.is_empty() {
-                let wanted: Vec<usize> = picks.iter().map(|(i, ..)| *i).collect();
-                match self.queued_shards(no, &wanted, &rec) {
-                    Ok(mut bytes_of) => {
-                        for (i, s, id) in picks {
-                            if let Some(bytes) = bytes_of.remove(&i) {
-                                jobs.push((no, i, s, id, bytes));
-                            }
+        }
+        // Bytes only for shards that have somewhere to go this round: a block nobody can take
+        // now is not read and encoded again for nothing.
+        let mut jobs: Vec<(Pick, Arc<Vec<u8>>)> = Vec::new();
+        for (no, rec) in &records {
+            let mine: Vec<&Pick> = picks.iter().filter(|p| p.0 == *no).collect();
+            let wanted: Vec<usize> = mine.iter().map(|p| p.1).collect();
+            match self.queued_shards(*no, &wanted, rec) {
+                Ok(mut bytes_of) => {
+                    for p in mine {
+                        if let Some(bytes) = bytes_of.remove(&p.1) {
+                            jobs.push((p.clone(), bytes));
                         }
                     }
-                    Err(e) => {
-                        warn!(block = no, error = %e, "cannot read the queued shards of a block; will retry");
-                    }
+                }
+                Err(e) => {
+                    warn!(block = no, error = %e, "cannot read the queued shards of a block; will retry");
                 }
             }
-            records.insert(no, rec);
         }
         if jobs.is_empty() {
             return Ok(0);
         }
-        let results: Vec<(u64, usize, SupplierId, Result<(), StoreError>)> =
-            std::thread::scope(|s| {
-                let hs: Vec<_> = jobs
-                    .iter()
-                    .map(|(no, i, sup, id, bytes)| {
-                        s.spawn(move || {
-                            (
-                                *no,
-                                *i,
-                                sup.clone(),
-                                self.store.store(sup, id, bytes.as_slice()),
-                            )
-                        })
-                    })
-                    .collect();
-                hs.into_iter().filter_map(|h| h.join().ok()).collect()
-            });
+        let results: Vec<(Pick, Result<(), StoreError>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = jobs
+                .iter()
+                .map(|(p, bytes)| {
+                    s.spawn(move || (p.clone(), self.store.store(&p.2, &p.3, bytes.as_slice())))
+                })
+                .collect();
+            hs.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
         drop(jobs);
+        let mut up = lock(&self.up);
+        let now = Instant::now();
+        // The records as they are now: repair or compaction may have changed them meanwhile.
+        let mut records: HashMap<u64, BlockRecord> = HashMap::new();
+        for &no in &claimed.blocks {
+            if let Some(rec) = self.block_record(no)? {
+                records.insert(no, rec);
+            }
+        }
         let mut stored = 0;
         let mut b = WriteBatch::default();
         let mut freed = 0u64;
-        for (no, i, sup, res) in results {
+        for ((no, i, sup, id), res) in results {
             let Some(rec) = records.get_mut(&no) else {
                 continue;
             };
             match res {
                 Ok(()) => {
-                    rec.shards[i].supplier = Some(sup);
+                    // A supplier declared lost while the shard was on its way has had its
+                    // shards marked lost already: this one stays queued and goes elsewhere.
+                    if !self.placeable(&sup) {
+                        continue;
+                    }
+                    let Some(sr) = rec.shards.get_mut(i).filter(|sr| sr.id == id) else {
+                        continue;
+                    };
+                    sr.supplier = Some(sup);
                     let key = db::key2(no, i as u64);
                     if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::OUTBOX), key)? {
                         freed += queued_len(&v);
@@ -1178,6 +1231,7 @@ impl Engine {
         // Blocks just stored on suppliers may now leave the cache.
         self.evict()?;
         drop(up);
+        drop(claimed);
         self.notify();
         Ok(stored)
     }

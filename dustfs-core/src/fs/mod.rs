@@ -29,6 +29,7 @@ use crate::db::{self, DbError, Rdb, cf};
 use crate::erasure::{ErasureError, Redundancy};
 use crate::keys::Keys;
 use crate::store::{ShardStore, SupplierId};
+pub use blocks::UPLOAD_ROUNDS;
 pub use meta::{
     Manifest, PendingSnapshot, RestoreInfo, SnapshotInfo, check_stream, encode_stream_record,
     list_snapshots,

@@ -1453,3 +1453,58 @@ fn dirty_writes_kept_in_the_database_by_earlier_versions_are_moved_into_files() 
     assert_eq!(left, 0, "dirty values left in the database");
     t.assert_reads_back_from_suppliers(ino, &data);
 }
+
+/// Two upload rounds run at once, each on its own blocks (the daemon runs UPLOAD_ROUNDS): while
+/// one waits for its stores, the other sends the next blocks' shards, and together they place
+/// every shard once, each block's shards on different suppliers.
+#[test]
+fn upload_rounds_run_side_by_side_on_different_blocks() {
+    let t = setup(6, usize::MAX);
+    let data = random(40 << 20, 11);
+    let ino = t.file("big", &data);
+    t.fs.seal_all().unwrap();
+    let blocks = t.fs.status().unwrap().blocks.values().sum::<u64>();
+    assert!(blocks >= 8, "only {blocks} blocks: too few for two rounds");
+    let queued = t.fs.status().unwrap().queued_shards;
+    t.store.hold_stores(true);
+    let per_round = super::blocks::BLOCKS_PER_ROUND * t.fs.cfg.redundancy.total();
+    let (most_held, stored) = std::thread::scope(|s| {
+        let rounds: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| t.fs.upload_round().unwrap()))
+            .collect();
+        // Both rounds' stores are out at once: neither waits for the other.
+        let t0 = std::time::Instant::now();
+        while t.store.held_stores() < 2 * per_round
+            && t0.elapsed() < std::time::Duration::from_secs(20)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let most_held = t.store.held_stores();
+        t.store.hold_stores(false);
+        let stored: usize = rounds.into_iter().map(|r| r.join().unwrap()).sum();
+        (most_held, stored)
+    });
+    assert_eq!(most_held, 2 * per_round, "stores out at once");
+    assert_eq!(stored, 2 * per_round);
+    // Different shards: the queue lost as many as were stored.
+    let left = t.fs.status().unwrap().queued_shards;
+    assert_eq!(
+        queued - left,
+        stored as u64,
+        "a shard was sent by both rounds"
+    );
+    t.assert_reads_back_from_suppliers(ino, &data);
+    t.assert_all_healthy();
+    for rec in t.fs.all_blocks_for_test() {
+        let sups: std::collections::HashSet<_> = rec
+            .shards
+            .iter()
+            .filter_map(|s| s.supplier.clone())
+            .collect();
+        assert_eq!(
+            sups.len(),
+            rec.shards.len(),
+            "a supplier holds two shards of a block"
+        );
+    }
+}
