@@ -121,6 +121,18 @@ fn sigkill_during_rsync_loses_nothing_that_was_fsynced() {
         }
     }
     write_random(&src.join("large"), 40 << 20, 999);
+    // The sources' times lie far in the past. rsync's quick check compares whole seconds: a
+    // file a killed round wrote on the mount within the second the source was made (before
+    // rsync could set its time) would otherwise look up to date to every later rsync, and
+    // keep its own time, which the final comparison (to the nanosecond) then finds.
+    let past = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for f in walk(&src).into_iter().filter(|p| p.is_file()) {
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .and_then(|h| h.set_modified(past))
+            .expect("set the source's mtime");
+    }
     for round in 0..10u64 {
         c.mount();
         let pid = c.mount_pid().expect("pid");
