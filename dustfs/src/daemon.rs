@@ -778,15 +778,32 @@ fn lease_keeper(node: Node, store: Arc<NetStore>, engine: Arc<Engine>, stop: Arc
         t.extend(node.suppliers().into_iter().map(|p| p.to_string()));
         t
     };
+    // Suppliers found since the last round get the lease at once, not at the next renewal: a
+    // fresh mount knows no supplier yet when it takes the lease, and for the first 15 s a
+    // second machine could otherwise mount the identity read-write too (it did, in CI).
+    let mut leased: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut next = Instant::now() + LEASE_RENEW;
     while !stop.load(Ordering::SeqCst) {
-        if Instant::now() >= next {
-            if let Some((other, _)) = lease_round(&store, device, &targets(), LEASE_TTL) {
+        let renew = Instant::now() >= next;
+        let ask = if renew {
+            targets()
+        } else {
+            node.suppliers()
+                .into_iter()
+                .map(|p| p.to_string())
+                .filter(|s| !leased.contains(s))
+                .collect()
+        };
+        if !ask.is_empty() {
+            if let Some((other, _)) = lease_round(&store, device, &ask, LEASE_TTL) {
                 tracing::error!(
                     other = %hex::encode(other),
                     "another machine holds this identity's writer lease: two writers at once"
                 );
             }
+            leased.extend(ask);
+        }
+        if renew {
             next = Instant::now() + LEASE_RENEW;
         }
         std::thread::sleep(Duration::from_millis(200));
