@@ -209,32 +209,16 @@ impl ShardDir {
     pub fn handle(&self, frame: &[u8]) -> Vec<u8> {
         // A store (the bulk of what a supplier receives) is read in place, its bytes not
         // copied out of the frame.
-        let resp = match protocol::decode_store(frame) {
-            Some((env, data)) => self.handle_store(env, data),
-            None => match protocol::decode_request(frame) {
-                // A whole shard (what a read asks for) goes from its file straight into the
-                // answer's frame.
-                Ok(Request::Fetch {
-                    customer,
-                    shard,
-                    range: None,
-                }) if self.fault != Fault::Garbage => {
-                    match self
-                        .read_shard(&customer, &shard, |len| Ok(protocol::shard_frame_head(len)))
-                    {
-                        Ok(frame) => return frame,
-                        Err(e) => Err(e),
-                    }
-                }
-                Ok(req) => self.handle_request(req),
-                Err(e) => Err(e),
-            },
-        }
-        .unwrap_or_else(Response::Error);
-        if let Response::Error(e) = &resp {
+        let answer = match protocol::decode_store(frame) {
+            Some((env, data)) => self
+                .handle_store(env, data)
+                .map(|r| protocol::encode_response(&r)),
+            None => protocol::decode_request(frame).and_then(|req| self.handle_request(req)),
+        };
+        answer.unwrap_or_else(|e| {
             debug!(error = %e, "request refused");
-        }
-        protocol::encode_response(&resp)
+            protocol::encode_response(&Response::Error(e))
+        })
     }
 
     fn handle_store(&self, env: Envelope, data: &[u8]) -> Result<Response, WireError> {
@@ -262,7 +246,7 @@ impl ShardDir {
         &self,
         customer: &[u8; 32],
         shard: &ShardId,
-        start: impl FnOnce(usize) -> Result<Vec<u8>, WireError>,
+        start: impl FnOnce(usize) -> Vec<u8>,
     ) -> Result<Vec<u8>, WireError> {
         let internal = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => WireError::NotFound,
@@ -276,7 +260,7 @@ impl ShardDir {
                 "a stored shard of {len} bytes"
             )));
         }
-        let mut out = start(len as usize)?;
+        let mut out = start(len as usize);
         let head = out.len();
         // Into the buffer's spare room, without zeroing it first; one byte more than the
         // length, to notice a file that changed under us.
@@ -290,30 +274,45 @@ impl ShardDir {
         Ok(out)
     }
 
-    fn handle_request(&self, req: Request) -> Result<Response, WireError> {
-        match req {
+    /// The encoded answer to a fetch. A whole shard (what reads ask for) goes from its file
+    /// straight into the answer's frame; a range, or a lying supplier's garbage, through a
+    /// [`Response`].
+    fn fetch(
+        &self,
+        customer: &[u8; 32],
+        shard: &ShardId,
+        range: Option<(u64, u64)>,
+    ) -> Result<Vec<u8>, WireError> {
+        if range.is_none() && self.fault != Fault::Garbage {
+            return self.read_shard(customer, shard, protocol::shard_frame_head);
+        }
+        let data = self.read_shard(customer, shard, Vec::with_capacity)?;
+        let data = match self.fault {
+            Fault::Garbage => garbage(data.len()),
+            _ => data,
+        };
+        let data = match range {
+            None => data,
+            Some((a, b)) => {
+                let (a, b) = (a as usize, (b as usize).min(data.len()));
+                if a > b {
+                    return Err(WireError::Malformed("empty range".into()));
+                }
+                data[a..b].to_vec()
+            }
+        };
+        Ok(protocol::encode_response(&Response::Shard(data)))
+    }
+
+    /// The encoded answer to a request other than an in-place store.
+    fn handle_request(&self, req: Request) -> Result<Vec<u8>, WireError> {
+        let resp = match req {
             Request::Store { env, data } => self.handle_store(env, &data),
             Request::Fetch {
                 customer,
                 shard,
                 range,
-            } => {
-                let data = self.read_shard(&customer, &shard, |len| Ok(Vec::with_capacity(len)))?;
-                let data = match self.fault {
-                    Fault::Garbage => garbage(data.len()),
-                    _ => data,
-                };
-                match range {
-                    None => Ok(Response::Shard(data)),
-                    Some((a, b)) => {
-                        let (a, b) = (a as usize, (b as usize).min(data.len()));
-                        if a > b {
-                            return Err(WireError::Malformed("empty range".into()));
-                        }
-                        Ok(Response::Shard(data[a..b].to_vec()))
-                    }
-                }
-            }
+            } => return self.fetch(&customer, &shard, range),
             Request::Delete(env) => {
                 let Op::Delete { shard } = env.signed.op else {
                     return Err(WireError::Malformed(
@@ -373,38 +372,7 @@ impl ShardDir {
                     _ => proof,
                 }))
             }
-            Request::Lease(env) => {
-                let Op::Lease { device, ttl_ms } = env.signed.op else {
-                    return Err(WireError::Malformed(
-                        "lease request with another operation".into(),
-                    ));
-                };
-                self.admit(&env)?;
-                let now = std::time::Instant::now();
-                let mut st = self.lock();
-                if let Some((holder, until)) = st.leases.get(&env.signed.customer).copied()
-                    && holder != device
-                    && until > now
-                {
-                    return Ok(Response::LeaseHeld {
-                        device: holder,
-                        remaining_ms: (until - now).as_millis() as u64,
-                    });
-                }
-                if st.leases.len() >= MAX_LEASES {
-                    st.leases.retain(|_, (_, until)| *until > now);
-                    if st.leases.len() >= MAX_LEASES {
-                        return Err(WireError::Internal("too many leases".into()));
-                    }
-                }
-                if ttl_ms == 0 {
-                    st.leases.remove(&env.signed.customer);
-                } else {
-                    let ttl = std::time::Duration::from_millis(ttl_ms.min(3_600_000));
-                    st.leases.insert(env.signed.customer, (device, now + ttl));
-                }
-                Ok(Response::LeaseGranted)
-            }
+            Request::Lease(env) => self.lease(&env),
             Request::DeleteRoot(env) => {
                 let Op::DeleteRoot { seq } = env.signed.op else {
                     return Err(WireError::Malformed(
@@ -486,7 +454,42 @@ impl ShardDir {
                 self.lock().contracts.insert(customer, (quota, expires_ms));
                 Ok(Response::ContractGranted(grant))
             }
+        };
+        resp.map(|r| protocol::encode_response(&r))
+    }
+
+    /// Takes, renews or (with a zero ttl) releases a customer's writer lease for a device.
+    fn lease(&self, env: &Envelope) -> Result<Response, WireError> {
+        let Op::Lease { device, ttl_ms } = env.signed.op else {
+            return Err(WireError::Malformed(
+                "lease request with another operation".into(),
+            ));
+        };
+        self.admit(env)?;
+        let now = std::time::Instant::now();
+        let mut st = self.lock();
+        if let Some((holder, until)) = st.leases.get(&env.signed.customer).copied()
+            && holder != device
+            && until > now
+        {
+            return Ok(Response::LeaseHeld {
+                device: holder,
+                remaining_ms: (until - now).as_millis() as u64,
+            });
         }
+        if st.leases.len() >= MAX_LEASES {
+            st.leases.retain(|_, (_, until)| *until > now);
+            if st.leases.len() >= MAX_LEASES {
+                return Err(WireError::Internal("too many leases".into()));
+            }
+        }
+        if ttl_ms == 0 {
+            st.leases.remove(&env.signed.customer);
+        } else {
+            let ttl = std::time::Duration::from_millis(ttl_ms.min(3_600_000));
+            st.leases.insert(env.signed.customer, (device, now + ttl));
+        }
+        Ok(Response::LeaseGranted)
     }
 
     fn contract_path(&self, customer: &[u8; 32]) -> PathBuf {
