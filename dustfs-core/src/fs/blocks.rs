@@ -46,20 +46,28 @@ pub(super) struct Uploader {
     busy: HashSet<u64>,
 }
 
-/// Blocks one upload round claimed; they are free for other rounds again when it ends, also
-/// when it ends early (an error, a panic).
+/// The blocks one upload round claimed, with their records as they were then; they are free
+/// for other rounds again when it ends, also when it ends early (an error, a panic).
 struct Claimed<'a> {
     up: &'a std::sync::Mutex<Uploader>,
-    blocks: Vec<u64>,
+    records: HashMap<u64, BlockRecord>,
 }
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         let mut up = lock(self.up);
-        for no in &self.blocks {
+        for no in self.records.keys() {
             up.busy.remove(no);
         }
     }
+}
+
+/// A queued shard an upload round sends, and where.
+struct Pick {
+    block: u64,
+    index: usize,
+    supplier: SupplierId,
+    id: ShardId,
 }
 
 /// Sizes and recency of cached blocks; blocks not yet stored on suppliers are pinned.
@@ -1029,107 +1037,18 @@ impl Engine {
     /// durable, 3 runs each, alternated: 119-134 MiB/s with one round at a time, 136-140 with
     /// two).
     pub fn upload_round(&self) -> FsResult<usize> {
-        // (block, shard index, supplier, shard id)
-        type Pick = (u64, usize, SupplierId, ShardId);
-        let mut claimed = Claimed {
-            up: &self.up,
-            blocks: Vec::new(),
-        };
-        let mut picks: Vec<Pick> = Vec::new();
-        let mut records: HashMap<u64, BlockRecord> = HashMap::new();
-        {
-            let mut up = lock(&self.up);
-            // Group the queue by block.
-            let mut queued: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-            {
-                let outbox = self.cf(cf::OUTBOX);
-                let mut it = self.db.raw_iterator_cf(&outbox);
-                it.seek_to_first();
-                while let Some(k) = it.key() {
-                    if let (Some(no), Some(i)) = (db::be_u64(k, 0), db::be_u64(k, 8)) {
-                        if up.busy.contains(&no) {
-                            it.next();
-                            continue;
-                        }
-                        if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
-                            break;
-                        }
-                        queued.entry(no).or_default().push(i as usize);
-                    }
-                    it.next();
-                }
-                it.status()?;
-            }
-            if queued.is_empty() {
-                return Ok(0);
-            }
-            let now = Instant::now();
-            up.suspect.retain(|_, until| *until > now);
-            let suppliers: Vec<SupplierId> = self
-                .store
-                .suppliers()
-                .into_iter()
-                .filter(|s| !up.suspect.contains_key(s) && self.placeable(s))
-                .collect();
-            let tiers: [Vec<SupplierId>; 2] = {
-                let (first, second) = suppliers.into_iter().partition(|s| self.store.preferred(s));
-                [first, second]
-            };
-            for (no, shards) in queued {
-                let Some(rec) = self.block_record(no)? else {
-                    warn!(
-                        block = no,
-                        "queued shards without a block record; dropping them"
-                    );
-                    let outbox = self.cf(cf::OUTBOX);
-                    self.db
-                        .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
-                    let mut staged = lock(&self.staged);
-                    for i in shards {
-                        staged.remove(no, i);
-                    }
-                    continue;
-                };
-                let mut used: HashSet<SupplierId> = rec
-                    .shards
-                    .iter()
-                    .filter_map(|s| s.supplier.clone())
-                    .collect();
-                let refused = up.refused.get(&no).cloned().unwrap_or_default();
-                // Rotate each tier of the supplier list by block so load spreads when there
-                // are more suppliers than shards; the second tier (reached only through a
-                // relay) gets a shard only when the first has no supplier left for it.
-                let before = picks.len();
-                for i in shards {
-                    let pick = tiers.iter().find_map(|tier| {
-                        let n = tier.len().max(1);
-                        (0..tier.len())
-                            .map(|j| &tier[(j + no as usize + i) % n])
-                            .find(|s| !used.contains(*s) && !refused.contains(*s))
-                    });
-                    if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
-                        used.insert(s.clone());
-                        picks.push((no, i, s.clone(), sr.id));
-                    }
-                }
-                if picks.len() > before {
-                    up.busy.insert(no);
-                    claimed.blocks.push(no);
-                    records.insert(no, rec);
-                }
-            }
-        }
+        let (claimed, picks) = self.claim_round()?;
         // Bytes only for shards that have somewhere to go this round: a block nobody can take
         // now is not read and encoded again for nothing.
-        let mut jobs: Vec<(Pick, Arc<Vec<u8>>)> = Vec::new();
-        for (no, rec) in &records {
-            let mine: Vec<&Pick> = picks.iter().filter(|p| p.0 == *no).collect();
-            let wanted: Vec<usize> = mine.iter().map(|p| p.1).collect();
+        let mut jobs: Vec<(&Pick, Arc<Vec<u8>>)> = Vec::new();
+        for (no, rec) in &claimed.records {
+            let mine: Vec<&Pick> = picks.iter().filter(|p| p.block == *no).collect();
+            let wanted: Vec<usize> = mine.iter().map(|p| p.index).collect();
             match self.queued_shards(*no, &wanted, rec) {
                 Ok(mut bytes_of) => {
                     for p in mine {
-                        if let Some(bytes) = bytes_of.remove(&p.1) {
-                            jobs.push((p.clone(), bytes));
+                        if let Some(bytes) = bytes_of.remove(&p.index) {
+                            jobs.push((p, bytes));
                         }
                     }
                 }
@@ -1141,21 +1060,131 @@ impl Engine {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let results: Vec<(Pick, Result<(), StoreError>)> = std::thread::scope(|s| {
+        let results: Vec<(&Pick, Result<(), StoreError>)> = std::thread::scope(|s| {
             let hs: Vec<_> = jobs
                 .iter()
                 .map(|(p, bytes)| {
-                    s.spawn(move || (p.clone(), self.store.store(&p.2, &p.3, bytes.as_slice())))
+                    s.spawn(move || (*p, self.store.store(&p.supplier, &p.id, bytes.as_slice())))
                 })
                 .collect();
             hs.into_iter().filter_map(|h| h.join().ok()).collect()
         });
         drop(jobs);
+        let stored = self.record_round(&claimed, results)?;
+        drop(claimed);
+        self.notify();
+        Ok(stored)
+    }
+
+    /// The shards queued for upload, by block, of the first [`BLOCKS_PER_ROUND`] blocks not
+    /// in `busy`.
+    fn queued_blocks(&self, busy: &HashSet<u64>) -> FsResult<BTreeMap<u64, Vec<usize>>> {
+        let mut queued: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        let outbox = self.cf(cf::OUTBOX);
+        let mut it = self.db.raw_iterator_cf(&outbox);
+        it.seek_to_first();
+        while let Some(k) = it.key() {
+            if let (Some(no), Some(i)) = (db::be_u64(k, 0), db::be_u64(k, 8))
+                && !busy.contains(&no)
+            {
+                if !queued.contains_key(&no) && queued.len() >= BLOCKS_PER_ROUND {
+                    break;
+                }
+                queued.entry(no).or_default().push(i as usize);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(queued)
+    }
+
+    /// Claims the next queued blocks no other round works on, and chooses a supplier for
+    /// each of their shards that has one to go to (under the uploader's lock).
+    fn claim_round(&self) -> FsResult<(Claimed<'_>, Vec<Pick>)> {
+        let mut claimed = Claimed {
+            up: &self.up,
+            records: HashMap::new(),
+        };
+        let mut picks = Vec::new();
+        let mut up = lock(&self.up);
+        let queued = self.queued_blocks(&up.busy)?;
+        if queued.is_empty() {
+            return Ok((claimed, picks));
+        }
+        let now = Instant::now();
+        up.suspect.retain(|_, until| *until > now);
+        let suppliers: Vec<SupplierId> = self
+            .store
+            .suppliers()
+            .into_iter()
+            .filter(|s| !up.suspect.contains_key(s) && self.placeable(s))
+            .collect();
+        let tiers: [Vec<SupplierId>; 2] = {
+            let (first, second) = suppliers.into_iter().partition(|s| self.store.preferred(s));
+            [first, second]
+        };
+        for (no, shards) in queued {
+            let Some(rec) = self.block_record(no)? else {
+                warn!(
+                    block = no,
+                    "queued shards without a block record; dropping them"
+                );
+                let outbox = self.cf(cf::OUTBOX);
+                self.db
+                    .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
+                let mut staged = lock(&self.staged);
+                for i in shards {
+                    staged.remove(no, i);
+                }
+                continue;
+            };
+            let mut used: HashSet<SupplierId> = rec
+                .shards
+                .iter()
+                .filter_map(|s| s.supplier.clone())
+                .collect();
+            let refused = up.refused.get(&no).cloned().unwrap_or_default();
+            // Rotate each tier of the supplier list by block so load spreads when there are
+            // more suppliers than shards; the second tier (reached only through a relay) gets
+            // a shard only when the first has no supplier left for it.
+            let before = picks.len();
+            for i in shards {
+                let pick = tiers.iter().find_map(|tier| {
+                    let n = tier.len().max(1);
+                    (0..tier.len())
+                        .map(|j| &tier[(j + no as usize + i) % n])
+                        .find(|s| !used.contains(*s) && !refused.contains(*s))
+                });
+                if let (Some(s), Some(sr)) = (pick, rec.shards.get(i)) {
+                    used.insert(s.clone());
+                    picks.push(Pick {
+                        block: no,
+                        index: i,
+                        supplier: s.clone(),
+                        id: sr.id,
+                    });
+                }
+            }
+            if picks.len() > before {
+                up.busy.insert(no);
+                claimed.records.insert(no, rec);
+            }
+        }
+        Ok((claimed, picks))
+    }
+
+    /// Records what a round stored, against the block records as they are now (repair or
+    /// compaction may have changed them while the shards were on their way), under the
+    /// uploader's lock. Returns the number of shards stored.
+    fn record_round(
+        &self,
+        claimed: &Claimed<'_>,
+        results: Vec<(&Pick, Result<(), StoreError>)>,
+    ) -> FsResult<usize> {
         let mut up = lock(&self.up);
         let now = Instant::now();
-        // The records as they are now: repair or compaction may have changed them meanwhile.
         let mut records: HashMap<u64, BlockRecord> = HashMap::new();
-        for &no in &claimed.blocks {
+        for &no in claimed.records.keys() {
             if let Some(rec) = self.block_record(no)? {
                 records.insert(no, rec);
             }
@@ -1163,36 +1192,39 @@ impl Engine {
         let mut stored = 0;
         let mut b = WriteBatch::default();
         let mut freed = 0u64;
-        for ((no, i, sup, id), res) in results {
-            let Some(rec) = records.get_mut(&no) else {
+        for (p, res) in results {
+            let Some(rec) = records.get_mut(&p.block) else {
                 continue;
             };
             match res {
                 Ok(()) => {
                     // A supplier declared lost while the shard was on its way has had its
                     // shards marked lost already: this one stays queued and goes elsewhere.
-                    if !self.placeable(&sup) {
+                    if !self.placeable(&p.supplier) {
                         continue;
                     }
-                    let Some(sr) = rec.shards.get_mut(i).filter(|sr| sr.id == id) else {
+                    let Some(sr) = rec.shards.get_mut(p.index).filter(|sr| sr.id == p.id) else {
                         continue;
                     };
-                    sr.supplier = Some(sup);
-                    let key = db::key2(no, i as u64);
+                    sr.supplier = Some(p.supplier.clone());
+                    let key = db::key2(p.block, p.index as u64);
                     if let Some(v) = self.db.get_pinned_cf(&self.cf(cf::OUTBOX), key)? {
                         freed += queued_len(&v);
                     }
                     b.delete_cf(&self.cf(cf::OUTBOX), key);
-                    lock(&self.staged).remove(no, i);
+                    lock(&self.staged).remove(p.block, p.index);
                     stored += 1;
                 }
                 Err(StoreError::Unreachable(e)) => {
-                    info!(supplier = %sup, error = %e, "supplier unreachable; trying others");
-                    up.suspect.insert(sup, now + SUSPECT_FOR);
+                    info!(supplier = %p.supplier, error = %e, "supplier unreachable; trying others");
+                    up.suspect.insert(p.supplier.clone(), now + SUSPECT_FOR);
                 }
                 Err(e) => {
-                    info!(supplier = %sup, block = no, error = %e, "supplier refused a shard; choosing another");
-                    up.refused.entry(no).or_default().insert(sup);
+                    info!(supplier = %p.supplier, block = p.block, error = %e, "supplier refused a shard; choosing another");
+                    up.refused
+                        .entry(p.block)
+                        .or_default()
+                        .insert(p.supplier.clone());
                 }
             }
         }
@@ -1230,9 +1262,6 @@ impl Engine {
         }
         // Blocks just stored on suppliers may now leave the cache.
         self.evict()?;
-        drop(up);
-        drop(claimed);
-        self.notify();
         Ok(stored)
     }
 
