@@ -1006,19 +1006,30 @@ impl Engine {
         if out.len() == wanted.len() {
             return Ok(out);
         }
-        let block = match std::fs::read(self.cache_path(no)) {
-            Ok(b) if b.len() == rec.len as usize => b,
-            _ => self.fetch_block(no)?,
+        let matches = |shards: &[(ShardId, Vec<u8>)]| {
+            shards.len() == rec.shards.len()
+                && shards
+                    .iter()
+                    .zip(&rec.shards)
+                    .all(|((id, _), sr)| *id == sr.id)
         };
-        for (j, (id, bytes)) in erasure::encode(rec.redundancy, &block)?
-            .into_iter()
-            .enumerate()
-        {
-            if rec.shards.get(j).map(|s| s.id) != Some(id) {
-                return Err(FsError::Corrupt(format!(
-                    "block {no}: shard {j} encoded again differs from its record"
-                )));
-            }
+        let local = match std::fs::read(self.cache_path(no)) {
+            Ok(b) if b.len() == rec.len as usize => Some(erasure::encode(rec.redundancy, &b)?),
+            _ => None,
+        };
+        // A local file that does not encode to the recorded shards (a crash after the block
+        // reached its suppliers, before its cache file reached the disk: such a file is not
+        // synced) is replaced by the block as its suppliers hold it.
+        let shards = match local {
+            Some(sh) if matches(&sh) => sh,
+            _ => erasure::encode(rec.redundancy, &self.fetch_block(no)?)?,
+        };
+        if !matches(&shards) {
+            return Err(FsError::Corrupt(format!(
+                "block {no}: shards encoded again differ from its record"
+            )));
+        }
+        for (j, (_, bytes)) in shards.into_iter().enumerate() {
             if wanted.contains(&j) {
                 out.entry(j).or_insert_with(|| Arc::new(bytes));
             }
@@ -1255,6 +1266,13 @@ impl Engine {
             Ordering::SeqCst,
         );
         {
+            // A block on its suppliers needs no local durability: its file is only a cache
+            // now, so `fsync`/`sync` need not write it to the local disk.
+            let mut unsynced = lock(&self.unsynced);
+            for no in &unpin {
+                unsynced.remove(no);
+            }
+            drop(unsynced);
             let mut c = lock(&self.cache);
             for no in unpin {
                 c.pinned.remove(&no);

@@ -1508,3 +1508,51 @@ fn upload_rounds_run_side_by_side_on_different_blocks() {
         );
     }
 }
+
+#[test]
+fn blocks_on_their_suppliers_need_no_local_sync_and_their_garbled_cache_files_are_not_uploaded() {
+    use crate::fsm::supplier::SupplierConfig;
+    let t = setup(8, usize::MAX);
+    let data = random(20 << 20, 31);
+    let ino = t.file("a", &data);
+    // Sealed blocks wait for the next fsync/sync to reach the local disk, until they are on
+    // their suppliers: then their files are only a cache.
+    let sealed: Vec<u64> = lock(&t.fs.unsynced).iter().copied().collect();
+    assert!(sealed.len() >= 4, "{sealed:?}");
+    for _ in 0..100 {
+        if t.fs.upload_round().unwrap() == 0 {
+            break;
+        }
+    }
+    assert!(
+        lock(&t.fs.unsynced).is_empty(),
+        "{:?}",
+        lock(&t.fs.unsynced)
+    );
+    // Two suppliers go; repair queues their shards again, and a restart loses the rebuilt
+    // shards kept in memory, so the uploader encodes them again from the cache files, which
+    // a crash garbled (they were never synced).
+    t.store.set_offline("s1", true);
+    t.store.set_offline("s2", true);
+    let cfg = SupplierConfig {
+        suspect_after: 2,
+        grace_ms: 3000,
+    };
+    for now in [0, 1000, 2000, 3000, 4000] {
+        t.fs.liveness_round(now, &cfg).unwrap();
+    }
+    while t.fs.repair_round(0, RepairBudget::blocks(8)).unwrap() > 0 {}
+    *lock(&t.fs.staged) = blocks::Staged::default();
+    for no in &sealed {
+        let f = t.path.join(blocks::CACHE_DIR).join(format!("{no:016x}"));
+        let mut b = std::fs::read(&f).unwrap();
+        b.iter_mut().take(4096).for_each(|x| *x = 0);
+        std::fs::write(&f, b).unwrap();
+    }
+    t.sync();
+    t.assert_all_healthy();
+    t.store.set_offline("s3", true);
+    t.store.set_offline("s4", true);
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
