@@ -1467,7 +1467,7 @@ fn upload_rounds_run_side_by_side_on_different_blocks() {
     assert!(blocks >= 8, "only {blocks} blocks: too few for two rounds");
     let queued = t.fs.status().unwrap().queued_shards;
     t.store.hold_stores(true);
-    let per_round = super::blocks::BLOCKS_PER_ROUND * t.fs.cfg.redundancy.total();
+    let per_round = t.fs.blocks_per_round() * t.fs.cfg.redundancy.total();
     let (most_held, stored) = std::thread::scope(|s| {
         let rounds: Vec<_> = (0..2)
             .map(|_| s.spawn(|| t.fs.upload_round().unwrap()))
