@@ -145,6 +145,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         },
         "audits": audits,
         "redundancy": { "k": engine.config().redundancy.k, "m": engine.config().redundancy.m },
+        "block_bytes": engine.config().block_size,
     }))
 }
 
