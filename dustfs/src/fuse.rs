@@ -439,7 +439,7 @@ impl Filesystem for DustFs {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        match self.engine.read(ino, offset as u64, size) {
+        match self.engine.read_shared(ino, offset as u64, size) {
             Ok(d) => {
                 reply.data(&d);
                 self.engine.read_ahead(ino, offset as u64, d.len() as u64);

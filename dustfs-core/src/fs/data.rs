@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
-use super::{DirtyFile, Engine, Extent, FsError, FsResult, Ino, Kind, Src, State, Ts, lock};
+use super::{
+    DirtyFile, Engine, Extent, FsError, FsResult, Ino, Kind, ReadBytes, Src, State, Ts, lock,
+};
 use crate::chunk::{self, ChunkId};
 use crate::db::{self, cf};
 use crate::seal;
@@ -422,17 +424,40 @@ impl Engine {
 
     /// Reads up to `size` bytes at `off` (short at end of file).
     pub fn read(&self, ino: Ino, off: u64, size: u32) -> FsResult<Vec<u8>> {
+        Ok(self.read_shared(ino, off, size)?.into_vec())
+    }
+
+    /// [`Self::read`], without copying a range that lies inside one chunk: that range is
+    /// handed out as a slice of the chunk's plaintext, shared with the chunk cache. A
+    /// sequential reader's requests (up to 1 MiB) mostly lie inside one chunk; a profile of a
+    /// cold 256 MiB read had zeroing and filling a fresh reply buffer for each of them at about
+    /// 2% of the mount's samples, on the one thread that serves FUSE requests.
+    pub fn read_shared(&self, ino: Ino, off: u64, size: u32) -> FsResult<ReadBytes> {
         let mut pieces = Vec::new();
         let mut out;
         {
             let mut st = lock(&self.state);
             let inode = self.file_inode(ino)?;
             if off >= inode.size {
-                return Ok(Vec::new());
+                return Ok(ReadBytes::Owned(Vec::new()));
             }
             let end = inode.size.min(off + size as u64);
+            let extents = self.extents_in(&mut st, ino, off, end)?;
+            if let [(e_off, e)] = extents.as_slice()
+                && *e_off <= off
+                && e_off + e.len >= end
+                && let Src::Chunk { id, off: c_off } = e.src.advance(off - e_off)
+            {
+                drop(st);
+                let plain = self.chunk_plain(&id)?;
+                let range = c_off as usize..(c_off + end - off) as usize;
+                if plain.get(range.clone()).is_none() {
+                    return Err(FsError::Corrupt(format!("extent past end of {id:?}")));
+                }
+                return Ok(ReadBytes::Shared(plain, range));
+            }
             out = vec![0u8; (end - off) as usize];
-            for (e_off, e) in self.extents_in(&mut st, ino, off, end)? {
+            for (e_off, e) in extents {
                 let from = e_off.max(off);
                 let to = (e_off + e.len).min(end);
                 if from >= to {
@@ -462,7 +487,7 @@ impl Engine {
                 .ok_or_else(|| FsError::Corrupt(format!("extent past end of {id:?}")))?;
             out[at..at + len].copy_from_slice(src);
         }
-        Ok(out)
+        Ok(ReadBytes::Owned(out))
     }
 
     /// The plaintext of a chunk: from the in-memory cache, or from its block (local or fetched).

@@ -308,3 +308,33 @@ mod tests {
         }
     }
 }
+
+/// The bytes of a read ([`super::Engine::read_shared`]): a range of one chunk's plaintext,
+/// shared with the chunk cache, or bytes assembled for this read.
+#[derive(Debug, Clone)]
+pub enum ReadBytes {
+    /// `range` of a chunk's plaintext (checked to lie within it when made).
+    Shared(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
+    /// Bytes of their own.
+    Owned(Vec<u8>),
+}
+
+impl ReadBytes {
+    /// The bytes as a vector of their own (a copy only for a shared range).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Self::Shared(p, r) => p.get(r).map(<[u8]>::to_vec).unwrap_or_default(),
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Shared(p, r) => p.get(r.clone()).unwrap_or_default(),
+            Self::Owned(v) => v,
+        }
+    }
+}
