@@ -169,10 +169,14 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     assert!(e.contains("bogus_key"), "{e}");
     std::fs::write(&cfg, good).expect("write");
 
-    // A supplier that returns corrupt shards: detected, the block rebuilt from the others.
+    // Suppliers that return corrupt shards: detected, the blocks rebuilt from the others.
+    // Reads fetch data shards first, so a corrupt parity shard goes unseen: two corrupting
+    // suppliers (at most two bad shards per block, which 4+2 survives) and three blocks of
+    // file data leave a chance of 1 in 15^3 that every corrupt shard is a parity shard (with
+    // one supplier and two blocks, 1 in 9: CI once saw none detected).
     c.mount();
     let data = root.join("data.bin");
-    write_random(&data, 9 << 20, 9);
+    write_random(&data, 17 << 20, 9);
     ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
     c.sync();
     c.cache_drop();
@@ -180,7 +184,7 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     for f in net
         .shard_files()
         .into_iter()
-        .filter(|f| f.starts_with(net.node_dir(3)))
+        .filter(|f| f.starts_with(net.node_dir(3)) || f.starts_with(net.node_dir(4)))
     {
         let mut b = std::fs::read(&f).expect("read");
         let n = b.len();
@@ -190,7 +194,7 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
         std::fs::write(&f, b).expect("write");
         flipped += 1;
     }
-    assert!(flipped > 0, "supplier 3 held no shards to corrupt");
+    assert!(flipped > 0, "suppliers 3 and 4 held no shards to corrupt");
     assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
     let st = c.status();
     assert!(
