@@ -8,6 +8,13 @@
 # Usage: scripts/bench-pipeline.sh   (builds with optimisations; about two minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# glibc returns freed multi-MiB buffers to the kernel (heap trim, mmap threshold), so a
+# primitive run alone, which frees every block's 12 MiB of shards before encoding the next,
+# paid for fresh zeroed pages each time: reed_solomon_4+2 measured 0.36-0.41 GiB/s, most of it
+# in page faults (perf), against 0.81-0.91 with these thresholds. The pipeline itself ran
+# the same either way (0.27-0.32 GiB/s), and so did the mount (earlier mallopt trial, issue 8
+# note): only the stand-alone primitive needs them to measure encoding rather than the kernel.
+export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456
 cargo bench -p dustfs-core --bench pipeline >/dev/null 2>&1 || cargo bench -p dustfs-core --bench pipeline
 python3 - <<'PY'
 import json

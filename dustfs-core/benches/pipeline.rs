@@ -10,6 +10,8 @@ use dustfs_core::seal;
 use rand::{RngCore, SeedableRng};
 
 const LEN: usize = 64 << 20;
+/// The engine's block at its default redundancy (4 data shards of 2 MiB: dustfs/src/daemon.rs).
+const BLOCK: usize = 8 << 20;
 
 fn data() -> Vec<u8> {
     let mut v = vec![0u8; LEN];
@@ -38,7 +40,7 @@ fn primitives(c: &mut Criterion) {
     });
     g.bench_function("reed_solomon_4+2", |b| {
         b.iter(|| {
-            d.chunks(4 << 20)
+            d.chunks(BLOCK)
                 .map(|blk| {
                     erasure::encode(Redundancy::default(), blk)
                         .map(|s| s.len())
@@ -58,12 +60,12 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("chunk+id+seal+encode", |b| {
         b.iter(|| {
             // As the engine does it: each chunk sealed straight into the open block.
-            let mut block = Vec::with_capacity(4 << 20);
+            let mut block = Vec::with_capacity(BLOCK);
             let mut shards = 0;
             for (o, l) in chunk::cut(&d) {
                 let p = &d[o..o + l];
                 let id = ChunkId::of(&[1; 32], p);
-                if block.len() + l + seal::SEAL_OVERHEAD > 4 << 20 && !block.is_empty() {
+                if block.len() + l + seal::SEAL_OVERHEAD > BLOCK && !block.is_empty() {
                     shards += erasure::encode(Redundancy::default(), &block)
                         .map(|s| s.len())
                         .unwrap_or(0);
