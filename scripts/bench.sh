@@ -68,14 +68,18 @@ if command -v rclone >/dev/null; then
   fusermount3 -u "$W/rclone"
 fi
 
-# Eight nodes: 4+2 places each block on six, and the repair phase at the end needs two spare.
-"$B" testnet up --dir "$W/net" --nodes 8 >/dev/null
+# The workloads run on six nodes, as issue 8 asks (4+2 places each block on all six); the
+# repair phase at the end restarts the testnet with two more, so that there is somewhere to
+# rebuild onto when two die. (Before, all of it ran on eight: two more processes on this
+# 2-core machine for the workloads, which 4+2 does not need.)
+NODES=6
+"$B" testnet up --dir "$W/net" --nodes $NODES >/dev/null
 "$B" --home "$W/home" init --bootstrap "$W/net/bootstrap" --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 >/dev/null
 # Fast liveness checks and no repair bandwidth limit, so the repair phase measures repair itself.
 wait_suppliers() {
   for _ in $(seq 50); do
     n=$("$B" --home "$W/home" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["suppliers"]))')
-    [ "$n" -ge 8 ] && break; sleep 0.2
+    [ "$n" -ge $NODES ] && break; sleep 0.2
   done
 }
 "$B" --home "$W/home" mount "$W/mnt" >/dev/null
@@ -84,6 +88,7 @@ bench_target dustfs "$W/mnt" "'$B' --home '$W/home' sync >/dev/null" "'$B' --hom
 
 rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 MOUNT_RSS=$(rss "$(cat "$W/home/mount.pid")")
+NODE_RSS=$(for i in $(seq $NODES); do rss "$(cat "$W/net/node-$i/pid")"; done | sort -n | tail -1)
 # The workloads above ran with the default configuration (supplier checks every 30 s). The
 # repair measurement wants dead suppliers noticed within seconds, so the mount restarts with
 # checks every second: run during the workloads, those checks cost about 20% more CPU per GiB
@@ -93,6 +98,10 @@ umount "$W/mnt"
 for _ in $(seq 300); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.1; done
 sed -i -e 's/^check_interval_secs = 30/check_interval_secs = 1/' -e 's/^grace_secs = 600/grace_secs = 2/' \
   -e 's/^bandwidth_mb = 32/bandwidth_mb = 0/' "$W/home/config.toml"
+# Nodes 1-6 come back with the shards they hold; 7 and 8 are new.
+"$B" testnet down --dir "$W/net" >/dev/null
+NODES=8
+"$B" testnet up --dir "$W/net" --nodes $NODES >/dev/null
 "$B" --home "$W/home" mount "$W/mnt" >/dev/null
 wait_suppliers
 
@@ -127,7 +136,7 @@ PY
 )
 REPAIR_MB=${REPAIR% *}; REPAIR_RATE=${REPAIR#* }
 
-NODE_RSS=$(for i in 3 4 5 6 7 8; do rss "$(cat "$W/net/node-$i/pid")"; done | sort -n | tail -1)
+NODE_RSS=$( (echo "$NODE_RSS"; for i in 3 4 5 6 7 8; do rss "$(cat "$W/net/node-$i/pid")"; done) | sort -n | tail -1)
 
 printf '\n%-34s %9s %9s %9s %9s %9s %9s\n' "workload" "direct" "bindfs" "rclone" "dustfs" "d/bindfs" "d/rclone"
 for w in write:"${SIZE_MIB} MiB write until durable (MB/s)" cold:"${SIZE_MIB} MiB cold read (MB/s)" warm:"${SIZE_MIB} MiB warm read (MB/s)" rsync:"rsync -a ${NFILES} files, durable (files/s)" smallcold:"cold read of ${NFILES} files (files/s)"; do
