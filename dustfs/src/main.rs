@@ -569,7 +569,24 @@ fn sync(home: &Home) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    println!("everything written so far is durable on suppliers");
+    // Blocks lost before they reached suppliers (a power cut damaged their local copy) are
+    // out of the queue: say so rather than claim everything is durable.
+    let mut st = serde_json::Value::Null;
+    control::call(&home.path("control.sock"), &ControlRequest::Status, |r| {
+        if let ControlReply::Status(v) = r {
+            st = v;
+        }
+        Ok(false)
+    })?;
+    match st["blocks"]["lost"].as_u64().unwrap_or(0) {
+        0 => println!("everything written so far is durable on suppliers"),
+        n => {
+            eprintln!(
+                "warning: {n} block(s) are lost (see `dustfs status` and the mount's log): the data in them cannot be read"
+            );
+            println!("everything else written so far is durable on suppliers");
+        }
+    }
     if let Some(s) = snapshot {
         println!(
             "snapshot {} published to {} suppliers ({} files, {} bytes of metadata)",

@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rocksdb::WriteBatch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     BlockRecord, ChunkLoc, Engine, EngineStatus, FsError, FsResult, META_NEXT_BLOCK, ShardRec, Src,
@@ -546,7 +546,10 @@ impl Engine {
                 continue;
             };
             let len = e.metadata()?.len();
-            let stored = self.block_record(no)?.is_some_and(|r| r.state.is_stored());
+            // Files of blocks on their suppliers are a cache; so is what is left of a lost one.
+            let stored = self
+                .block_record(no)?
+                .is_some_and(|r| r.state.is_stored() || r.state == BlockState::Lost);
             let mut c = lock(&self.cache);
             c.touch(no, len);
             if !stored {
@@ -1016,16 +1019,32 @@ impl Engine {
                     .zip(&rec.shards)
                     .all(|((id, _), sr)| *id == sr.id)
         };
-        let local = match std::fs::read(self.cache_path(no)) {
-            Ok(b) if b.len() == rec.len as usize => Some(erasure::encode(rec.redundancy, &b)?),
-            _ => None,
+        let (local, unreadable) = match std::fs::read(self.cache_path(no)) {
+            Ok(b) if b.len() == rec.len as usize => {
+                (Some(erasure::encode(rec.redundancy, &b)?), None)
+            }
+            Ok(_) => (None, None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+            Err(e) => (None, Some(e)),
         };
         // A local file that does not encode to the recorded shards (a crash after the block
         // reached its suppliers, before its cache file reached the disk: such a file is not
         // synced) is replaced by the block as its suppliers hold it.
         let shards = match local {
             Some(sh) if matches(&sh) => sh,
-            _ => erasure::encode(rec.redundancy, &self.fetch_block(no)?)?,
+            _ if rec.stored() >= rec.redundancy.k as usize => {
+                erasure::encode(rec.redundancy, &self.fetch_block(no)?)?
+            }
+            _ => {
+                // Fewer than k shards out and a local copy that cannot be read now: try again
+                // later; one that is damaged or gone (a power cut before it was synced and
+                // before enough of it was uploaded): nothing can ever give the rest back.
+                if let Some(e) = unreadable {
+                    return Err(e.into());
+                }
+                self.lose_queued_block(no)?;
+                return Ok(HashMap::new());
+            }
         };
         if !matches(&shards) {
             return Err(FsError::Corrupt(format!(
@@ -1038,6 +1057,53 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Marks queued block `no` lost, if fewer than k of its shards are on suppliers, and takes
+    /// its shards out of the upload queue: uploading them was the only thing left to do with
+    /// them, and `sync` would wait for them for ever. Files with data in it then read with an
+    /// error (their chunks fail to open), not with other bytes.
+    fn lose_queued_block(&self, no: u64) -> FsResult<()> {
+        let _up = lock(&self.up);
+        let Some(mut rec) = self.block_record(no)? else {
+            return Ok(());
+        };
+        let (live, k) = (rec.stored(), rec.redundancy.k as usize);
+        let Some(state) = next(rec.state, BlockEvent::ShardLost { live, k }) else {
+            return Ok(());
+        };
+        rec.state = state;
+        let outbox = self.cf(cf::OUTBOX);
+        let mut b = WriteBatch::default();
+        let mut freed = 0u64;
+        let mut it = self.db.raw_iterator_cf(&outbox);
+        it.seek(db::key1(no));
+        while let (Some(key), Some(v)) = (it.key(), it.value()) {
+            if db::be_u64(key, 0) != Some(no) {
+                break;
+            }
+            freed += queued_len(v);
+            b.delete_cf(&outbox, key);
+            it.next();
+        }
+        it.status()?;
+        b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
+        self.db.write(b)?;
+        self.queued_bytes.fetch_sub(
+            freed.min(self.queued_bytes.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        for i in 0..rec.shards.len() {
+            lock(&self.staged).remove(no, i);
+        }
+        lock(&self.unsynced).remove(&no);
+        lock(&self.cache).pinned.remove(&no);
+        error!(
+            block = no,
+            stored = live,
+            "block lost: its local copy is damaged and only {live} of its shards reached suppliers ({k} needed); files with data in it will read with errors"
+        );
+        Ok(())
     }
 
     /// Blocks one upload round works on: [`ROUND_BYTES`] of them, at least one.

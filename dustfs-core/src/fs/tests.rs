@@ -1556,3 +1556,48 @@ fn blocks_on_their_suppliers_need_no_local_sync_and_their_garbled_cache_files_ar
     t.fs.cache_drop().unwrap();
     assert_eq!(t.read_all(ino), data);
 }
+
+#[test]
+fn a_queued_block_whose_local_copy_is_damaged_before_enough_shards_left_is_lost_not_retried_for_ever()
+ {
+    let mut t = setup(8, usize::MAX);
+    let a = random(20 << 20, 37);
+    let ino = t.file("a", &a);
+    let sealed: Vec<u64> = lock(&t.fs.unsynced).iter().copied().collect();
+    assert!(sealed.len() >= 3, "{sealed:?}");
+    // A power cut before any upload and before any sync: the shards kept in memory are gone,
+    // and one block's cache file (never synced) came back garbled.
+    *lock(&t.fs.staged) = blocks::Staged::default();
+    let bad = sealed[0];
+    let f = t.path.join(blocks::CACHE_DIR).join(format!("{bad:016x}"));
+    let mut b = std::fs::read(&f).unwrap();
+    b.iter_mut().take(4096).for_each(|x| *x = 0);
+    std::fs::write(&f, b).unwrap();
+    // The queue drains (`sync` does not wait for ever): that block is lost, the rest stored.
+    t.sync();
+    let st = t.fs.status().unwrap();
+    assert_eq!(st.blocks["lost"], 1, "{st:?}");
+    assert_eq!(
+        st.blocks["healthy"] + 1,
+        st.blocks.values().sum::<u64>(),
+        "{st:?}"
+    );
+    // The file reads with an error where the damage is, and never with other bytes.
+    t.fs.cache_drop().unwrap();
+    let mut errors = 0;
+    for off in (0..a.len()).step_by(1 << 20) {
+        match t.fs.read(ino, off as u64, 1 << 20) {
+            Ok(p) => assert_eq!(p, a[off..off + p.len()], "at {off}"),
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(errors > 0);
+    // And so it stays after a restart: nothing queued again, the block still lost.
+    t.reopen();
+    assert_eq!(t.fs.pending().unwrap().0, 0);
+    assert_eq!(t.fs.status().unwrap().blocks["lost"], 1);
+    // Files written afterwards are stored and read back as usual.
+    let b = random(3 << 20, 38);
+    let ino_b = t.file("b", &b);
+    t.assert_reads_back_from_suppliers(ino_b, &b);
+}

@@ -78,7 +78,8 @@ pub enum BlockEvent {
         /// k+m
         total: usize,
     },
-    /// A shard was found missing or corrupt, or its supplier left; `live` remain, `k` needed.
+    /// A shard was found missing or corrupt, or its supplier left, or (for a block not yet
+    /// durable) the local copy its queued shards come from; `live` remain, `k` needed.
     ShardLost {
         /// shards still good
         live: usize,
@@ -118,6 +119,9 @@ pub fn next(state: BlockState, event: BlockEvent) -> Option<BlockState> {
         (S::Healthy | S::Durable | S::Degraded | S::Repairing, E::ShardLost { live, k }) => {
             if live < k { S::Lost } else { S::Degraded }
         }
+        // A block still on its way whose local copy was found damaged: with fewer than k
+        // shards out, nothing can rebuild what is still to upload.
+        (S::Sealed | S::Uploading, E::ShardLost { live, k }) if live < k => S::Lost,
         (S::Degraded, E::RepairStart) => S::Repairing,
         _ => return None,
     })
