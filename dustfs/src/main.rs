@@ -571,14 +571,7 @@ fn sync(home: &Home) -> Result<()> {
     }
     // Blocks lost before they reached suppliers (a power cut damaged their local copy) are
     // out of the queue: say so rather than claim everything is durable.
-    let mut st = serde_json::Value::Null;
-    control::call(&home.path("control.sock"), &ControlRequest::Status, |r| {
-        if let ControlReply::Status(v) = r {
-            st = v;
-        }
-        Ok(false)
-    })?;
-    match st["blocks"]["lost"].as_u64().unwrap_or(0) {
+    match mount_status(home)?["blocks"]["lost"].as_u64().unwrap_or(0) {
         0 => println!("everything written so far is durable on suppliers"),
         n => {
             eprintln!(
@@ -596,9 +589,8 @@ fn sync(home: &Home) -> Result<()> {
     Ok(())
 }
 
-fn status(home: &Home, json: bool) -> Result<()> {
-    // A closed pipe (`dustfs status | head`) ends the output quietly (see main).
-    let mut out_w = std::io::stdout().lock();
+/// The running mount's status, as `dustfs status --json` prints it.
+fn mount_status(home: &Home) -> Result<serde_json::Value> {
     let mut out = serde_json::Value::Null;
     control::call(&home.path("control.sock"), &ControlRequest::Status, |r| {
         if let ControlReply::Status(v) = r {
@@ -606,6 +598,13 @@ fn status(home: &Home, json: bool) -> Result<()> {
         }
         Ok(false)
     })?;
+    Ok(out)
+}
+
+fn status(home: &Home, json: bool) -> Result<()> {
+    // A closed pipe (`dustfs status | head`) ends the output quietly (see main).
+    let mut out_w = std::io::stdout().lock();
+    let out = mount_status(home)?;
     if json {
         writeln!(out_w, "{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
