@@ -133,6 +133,19 @@ impl Staged {
             self.bytes -= old.len() as u64;
         }
     }
+
+    /// Forgets every shard of block `no`.
+    fn remove_block(&mut self, no: u64) {
+        let mut freed = 0;
+        self.shards.retain(|&(b, _), v| {
+            let keep = b != no;
+            if !keep {
+                freed += v.len() as u64;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
 }
 
 /// An upload queue entry's value: the shard's size (databases written before [`Staged`]
@@ -440,11 +453,7 @@ impl Engine {
         if let Err(e) = self.db.write(b) {
             self.queued_bytes.fetch_sub(queued, Ordering::SeqCst);
             lock(&self.cache).pinned.remove(&no);
-            let mut staged = lock(&self.staged);
-            for i in 0..r.total() {
-                staged.remove(no, i);
-            }
-            drop(staged);
+            lock(&self.staged).remove_block(no);
             // Back where it was: the block is still the open one.
             let _ = std::fs::rename(self.cache_path(no), self.open_path(no));
             lock(&self.cache).remove(no);
@@ -1024,8 +1033,11 @@ impl Engine {
                 (Some(erasure::encode(rec.redundancy, &b)?), None)
             }
             Ok(_) => (None, None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
-            Err(e) => (None, Some(e)),
+            // Gone is as good as damaged; any other error may pass (retried later).
+            Err(e) => (
+                None,
+                (e.kind() != std::io::ErrorKind::NotFound).then_some(e),
+            ),
         };
         // A local file that does not encode to the recorded shards (a crash after the block
         // reached its suppliers, before its cache file reached the disk: such a file is not
@@ -1073,29 +1085,11 @@ impl Engine {
             return Ok(());
         };
         rec.state = state;
-        let outbox = self.cf(cf::OUTBOX);
         let mut b = WriteBatch::default();
-        let mut freed = 0u64;
-        let mut it = self.db.raw_iterator_cf(&outbox);
-        it.seek(db::key1(no));
-        while let (Some(key), Some(v)) = (it.key(), it.value()) {
-            if db::be_u64(key, 0) != Some(no) {
-                break;
-            }
-            freed += queued_len(v);
-            b.delete_cf(&outbox, key);
-            it.next();
-        }
-        it.status()?;
+        let freed = self.unqueue_block(no, &mut b)?;
         b.put_cf(&self.cf(cf::BLOCKS), db::key1(no), db::encode(&rec));
         self.db.write(b)?;
-        self.queued_bytes.fetch_sub(
-            freed.min(self.queued_bytes.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
-        for i in 0..rec.shards.len() {
-            lock(&self.staged).remove(no, i);
-        }
+        self.release_queued(freed);
         lock(&self.unsynced).remove(&no);
         lock(&self.cache).pinned.remove(&no);
         error!(
@@ -1104,6 +1098,38 @@ impl Engine {
             "block lost: its local copy is damaged and only {live} of its shards reached suppliers ({k} needed); files with data in it will read with errors"
         );
         Ok(())
+    }
+
+    /// Takes every queued shard of block `no` out of the upload queue (in `b`) and out of
+    /// memory. Returns the bytes they stood for: give them back with
+    /// [`Self::release_queued`] once `b` is written.
+    fn unqueue_block(&self, no: u64, b: &mut WriteBatch) -> FsResult<u64> {
+        let outbox = self.cf(cf::OUTBOX);
+        let mut freed = 0;
+        let mut it = self.db.raw_iterator_cf(&outbox);
+        it.seek(db::key2(no, 0));
+        while let (Some(key), Some(v)) = (it.key(), it.value()) {
+            if db::be_u64(key, 0) != Some(no) {
+                break;
+            }
+            freed += queued_len(v);
+            it.next();
+        }
+        it.status()?;
+        b.delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0));
+        lock(&self.staged).remove_block(no);
+        Ok(freed)
+    }
+
+    /// Uncounts `freed` bytes that left the upload queue.
+    fn release_queued(&self, freed: u64) {
+        // Never below zero: a count that drifted (databases from before it was kept) must
+        // not wrap around and hold every writer back.
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(freed))
+            });
     }
 
     /// Blocks one upload round works on: [`ROUND_BYTES`] of them, at least one.
@@ -1214,13 +1240,10 @@ impl Engine {
                     block = no,
                     "queued shards without a block record; dropping them"
                 );
-                let outbox = self.cf(cf::OUTBOX);
-                self.db
-                    .delete_range_cf(&outbox, db::key2(no, 0), db::key2(no + 1, 0))?;
-                let mut staged = lock(&self.staged);
-                for i in shards {
-                    staged.remove(no, i);
-                }
+                let mut b = WriteBatch::default();
+                let freed = self.unqueue_block(no, &mut b)?;
+                self.db.write(b)?;
+                self.release_queued(freed);
                 continue;
             };
             let mut used: HashSet<SupplierId> = rec
@@ -1335,10 +1358,7 @@ impl Engine {
             }
         }
         self.db.write(b)?;
-        self.queued_bytes.fetch_sub(
-            freed.min(self.queued_bytes.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
+        self.release_queued(freed);
         {
             // A block on its suppliers needs no local durability: its file is only a cache
             // now, so `fsync`/`sync` need not write it to the local disk.

@@ -450,10 +450,7 @@ impl Engine {
             {
                 drop(st);
                 let plain = self.chunk_plain(&id)?;
-                let range = c_off as usize..(c_off + end - off) as usize;
-                if plain.get(range.clone()).is_none() {
-                    return Err(FsError::Corrupt(format!("extent past end of {id:?}")));
-                }
+                let range = chunk_range(&plain, &id, c_off as usize, (end - off) as usize)?;
                 return Ok(ReadBytes::Shared(plain, range));
             }
             out = vec![0u8; (end - off) as usize];
@@ -481,11 +478,8 @@ impl Engine {
         // Chunks are immutable: their bytes can be fetched without holding the namespace lock.
         for Piece::Chunk { at, id, off, len } in pieces {
             let plain = self.chunk_plain(&id)?;
-            let s = off as usize;
-            let src = plain
-                .get(s..s + len)
-                .ok_or_else(|| FsError::Corrupt(format!("extent past end of {id:?}")))?;
-            out[at..at + len].copy_from_slice(src);
+            let range = chunk_range(&plain, &id, off as usize, len)?;
+            out[at..at + len].copy_from_slice(&plain[range]);
         }
         Ok(ReadBytes::Owned(out))
     }
@@ -612,4 +606,19 @@ impl Engine {
         self.db.flush_wal(true)?;
         Ok(())
     }
+}
+
+/// `len` bytes at `off` of chunk `id`'s plaintext, checked to lie within it (an extent that
+/// points past its chunk's end is corrupt metadata, not a reason to panic).
+fn chunk_range(
+    plain: &[u8],
+    id: &ChunkId,
+    off: usize,
+    len: usize,
+) -> FsResult<std::ops::Range<usize>> {
+    let end = off
+        .checked_add(len)
+        .filter(|&e| e <= plain.len())
+        .ok_or_else(|| FsError::Corrupt(format!("extent past end of {id:?}")))?;
+    Ok(off..end)
 }
