@@ -391,6 +391,33 @@ fn the_block_cache_honours_its_size() {
 }
 
 #[test]
+fn written_blocks_leave_the_cache_once_uploaded_but_blocks_read_stay() {
+    let t = setup(6, usize::MAX);
+    let keep = blocks::WRITTEN_KEEP;
+    let data = random((keep + (24 << 20)) as usize, 31);
+    let ino = t.file("a", &data);
+    t.sync();
+    let st = t.fs.status().unwrap();
+    assert!(
+        st.cache_bytes <= keep && st.cache_bytes + (4 << 20) > keep,
+        "{st:?}"
+    );
+    // The start of the file left the cache: reading it fetches from suppliers, and a block
+    // read is cached like any other, however much more is written.
+    let fetched = t.fs.status().unwrap().fetched_bytes;
+    assert_eq!(t.fs.read(ino, 4096, 4096).unwrap(), data[4096..8192]);
+    let first = t.fs.status().unwrap().fetched_bytes - fetched;
+    assert!(first > 0);
+    let more = random(keep as usize, 32);
+    t.file("b", &more);
+    t.sync();
+    assert_eq!(t.fs.read(ino, 4096, 4096).unwrap(), data[4096..8192]);
+    assert_eq!(t.fs.status().unwrap().fetched_bytes - fetched, first);
+    assert!(t.fs.status().unwrap().cache_bytes <= keep + first);
+    assert_eq!(t.read_all(ino), data);
+}
+
+#[test]
 fn files_past_4_gib_are_sparse_and_read_back() {
     let t = setup(6, usize::MAX);
     let i =
