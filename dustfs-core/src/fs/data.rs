@@ -6,8 +6,8 @@
 //! 512 MiB copy (`scripts/profile.sh write`, issue 8 note) had RocksDB's WAL appends and blob
 //! flushes of bulk bytes at 35-40% of the mount process (copies into the page cache, CRC32C),
 //! with dirty bytes written twice (WAL, then blob file) and read back from the blob file. A
-//! file costs one copy. The part of a dirty file a commit turned into chunks is freed with
-//! `fallocate(PUNCH_HOLE)`; the file goes once no extent refers to it.
+//! file costs one copy. A long write cycles through the first few MiB of its dirty file
+//! (`DIRTY_WRAP`); the file goes once no extent refers to it.
 //!
 //! Crash safety: bytes are written to their file before the RocksDB batch that makes an
 //! extent point at them, and every step is one atomic batch that leaves the extent map pointing
@@ -89,8 +89,8 @@ impl Engine {
         }
     }
 
-    /// After a commit: counts the dirty bytes `ino` still has and frees the rest of its dirty
-    /// file (all of it when nothing is left, else everything before the first live byte).
+    /// After a commit: counts the dirty bytes `ino` still has; removes its dirty file when
+    /// nothing is left, and wraps it when its live bytes lie far enough past its start.
     fn reclaim_dirty(&self, st: &mut State, ino: Ino) -> FsResult<()> {
         let mut left = 0;
         let mut first = u64::MAX;
@@ -110,21 +110,11 @@ impl Engine {
         if first >= DIRTY_WRAP && end.saturating_sub(first) <= first {
             return self.wrap_dirty(st, ino, first, end);
         }
-        let dead = first & !4095;
-        if dead > 0
-            && let Some(df) = st.dirty_files.get(&ino)
-        {
-            // Freeing space is an optimisation: a filesystem without hole punching keeps the
-            // bytes until the file goes.
-            if let Err(e) = rustix::fs::fallocate(
-                &df.file,
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                0,
-                dead,
-            ) {
-                tracing::debug!(ino, error = %e, "cannot punch the committed part of a dirty file");
-            }
-        }
+        // The committed part before `first` is left as it is, not punched out: the file is
+        // overwritten in place when it wraps, so its pages stay in the page cache instead of
+        // being freed and allocated again every 16 MiB (on this kind of VM, memory freed goes
+        // back to the host and costs a fault per page when used again; see `WRITTEN_KEEP` in
+        // blocks.rs). The file stays within the wrap bound either way.
         Ok(())
     }
 
