@@ -44,6 +44,10 @@ pub(super) const DIRTY_DIR: &str = "dirty";
 /// A dirty file whose live bytes all lie past this offset gets them moved to its start.
 const DIRTY_WRAP: u64 = 16 << 20;
 
+/// The largest commit buffer kept for the next commit (a long write's runs are about
+/// `commit_bytes`, 16 MiB, plus the chunk left dirty by the commit before).
+const COMMIT_BUF_KEEP: usize = 32 << 20;
+
 impl Engine {
     fn dirty_path(&self, ino: Ino) -> std::path::PathBuf {
         self.dirty_dir.join(format!("{ino:016x}"))
@@ -526,10 +530,33 @@ impl Engine {
                 _ => runs.push(vec![(off, e)]),
             }
         }
+        let mut whole = std::mem::take(&mut st.commit_buf);
+        let r = self.commit_runs(st, ino, final_, runs, &mut whole);
+        if whole.capacity() <= COMMIT_BUF_KEEP {
+            st.commit_buf = whole;
+        }
+        r?;
+        // Free the dirty bytes no extent refers to any more, and recount what is left.
+        self.reclaim_dirty(st, ino)
+    }
+
+    /// [`Self::commit_locked`]'s work on each dirty run, read into `whole`.
+    fn commit_runs(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        final_: bool,
+        runs: Vec<Vec<(u64, Extent)>>,
+        whole: &mut Vec<u8>,
+    ) -> FsResult<()> {
         for run in runs {
             let run_start = run[0].0;
-            let total: u64 = run.iter().map(|(_, e)| e.len).sum();
-            let mut buf = vec![0u8; total as usize];
+            let total = run.iter().map(|(_, e)| e.len).sum::<u64>() as usize;
+            // Grown (zeroed) only past what earlier commits used: every byte is read over.
+            if whole.len() < total {
+                whole.resize(total, 0);
+            }
+            let buf = &mut whole[..total];
             let mut at = 0;
             for (_, e) in &run {
                 let Src::Dirty { pos, off } = e.src else {
@@ -539,7 +566,7 @@ impl Engine {
                 self.read_dirty(st, ino, pos + off, &mut buf[at..at + n])?;
                 at += n;
             }
-            let cuts = chunk::cut(&buf);
+            let cuts = chunk::cut(buf);
             let n = if final_ {
                 cuts.len()
             } else {
@@ -560,8 +587,7 @@ impl Engine {
                 self.write_extents(st, ino, b)?;
             }
         }
-        // Free the dirty bytes no extent refers to any more, and recount what is left.
-        self.reclaim_dirty(st, ino)
+        Ok(())
     }
 
     /// Commits a file's dirty data (on flush and close).

@@ -227,6 +227,10 @@ struct State {
     extents: lru::LruCache<Ino, std::collections::BTreeMap<u64, Extent>>,
     /// Dirty files of inodes with dirty data, open.
     dirty_files: HashMap<Ino, DirtyFile>,
+    /// The buffer commits read dirty runs into, kept from one commit to the next (up to
+    /// `COMMIT_BUF_KEEP` bytes): a long write commits every 16 MiB, and a fresh buffer each
+    /// time was 16 MiB of new pages to fault in and zero.
+    commit_buf: Vec<u8>,
 }
 
 /// Files whose extent maps stay in memory.
@@ -327,6 +331,7 @@ impl Engine {
                         .unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
                 dirty_files: HashMap::new(),
+                commit_buf: Vec::new(),
             }),
             chunk_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::MIN.saturating_add(15),

@@ -418,6 +418,47 @@ fn written_blocks_leave_the_cache_once_uploaded_but_blocks_read_stay() {
 }
 
 #[test]
+fn an_open_block_written_over_a_spare_block_file_holds_only_its_own_bytes() {
+    let mut t = setup(6, usize::MAX);
+    let data = random((blocks::WRITTEN_KEEP + (8 << 20)) as usize, 33);
+    let a = t.file("a", &data);
+    t.sync();
+    let dir = t.path.join(blocks::OPEN_DIR);
+    let spare = dir.join(blocks::SPARE);
+    let len = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let name = |t: &T| format!("{:016x}", lock(&t.fs.state).open.no);
+    // Uploaded blocks left the cache; the first to go waits to be written over, and the next
+    // open block takes it. A restart cuts the old block's bytes past the new one's.
+    let spare_len = len(&spare);
+    let b_data = random(100 << 10, 34);
+    let b_name = name(&t);
+    let b = t.file("b", &b_data);
+    assert!(!spare.exists(), "the open block did not take the spare");
+    assert_eq!(len(&dir.join(&b_name)), spare_len);
+    t.reopen();
+    let open_len = lock(&t.fs.state).open.buf.len() as u64;
+    assert!(open_len > 0 && open_len < spare_len);
+    assert_eq!(len(&dir.join(&b_name)), open_len);
+    t.sync();
+    // So does sealing (a spare of other bytes, as a block of another file would leave).
+    std::fs::write(&spare, vec![0xa5; 4 << 20]).unwrap();
+    let c_data = random(200 << 10, 35);
+    let c_name = name(&t);
+    let c = t.file("c", &c_data);
+    assert_eq!(len(&dir.join(&c_name)), 4 << 20);
+    let sealed_len = lock(&t.fs.state).open.buf.len() as u64;
+    t.sync();
+    assert_eq!(
+        len(&t.path.join(blocks::CACHE_DIR).join(&c_name)),
+        sealed_len
+    );
+    for (ino, want) in [(a, &data), (b, &b_data), (c, &c_data)] {
+        assert_eq!(&t.read_all(ino), want);
+        t.assert_reads_back_from_suppliers(ino, want);
+    }
+}
+
+#[test]
 fn files_past_4_gib_are_sparse_and_read_back() {
     let t = setup(6, usize::MAX);
     let i =
