@@ -6,8 +6,8 @@
 //! 512 MiB copy (`scripts/profile.sh write`, issue 8 note) had RocksDB's WAL appends and blob
 //! flushes of bulk bytes at 35-40% of the mount process (copies into the page cache, CRC32C),
 //! with dirty bytes written twice (WAL, then blob file) and read back from the blob file. A
-//! file costs one copy. A long write cycles through the first few MiB of its dirty file
-//! (`DIRTY_WRAP`); the file goes once no extent refers to it.
+//! file costs one copy. A long write cycles through the first 16-32 MiB of its dirty file
+//! (`DIRTY_WRAP`), overwriting it in place; the file goes once no extent refers to it.
 //!
 //! Crash safety: bytes are written to their file before the RocksDB batch that makes an
 //! extent point at them, and every step is one atomic batch that leaves the extent map pointing
