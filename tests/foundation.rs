@@ -278,3 +278,70 @@ fn memory_stays_bounded_while_copying_2_gib() {
     c.umount();
     drop(net);
 }
+
+/// The nice value and name of every thread of process `pid` (from /proc/PID/task/*/stat).
+fn thread_priorities(pid: u32) -> Vec<(u32, String, i64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let e = e.expect("task entry");
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue; // a thread that ended meanwhile
+        };
+        let tid: u32 = e.file_name().to_string_lossy().parse().expect("tid");
+        let open = stat.find('(').expect("comm start");
+        let close = stat.rfind(')').expect("comm end");
+        let name = stat[open + 1..close].to_string();
+        // After the name: state (field 3) ... nice (field 19).
+        let nice = stat[close + 2..]
+            .split_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse().ok())
+            .expect("nice field");
+        out.push((tid, name, nice));
+    }
+    out
+}
+
+#[test]
+fn background_threads_yield_to_the_fuse_thread() {
+    require_root_and_fuse();
+    let root = scratch("nice");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let pid = c.mount_pid().expect("mount pid");
+    let threads = thread_priorities(pid);
+    eprintln!("mount threads: {threads:?}");
+    // The FUSE session runs on the main thread: it keeps the priority the mount started with.
+    // (The tests may run under `nice`: the mount started with the priority they have.)
+    let me = std::process::id();
+    let own = thread_priorities(me)
+        .into_iter()
+        .find(|t| t.0 == me)
+        .expect("own main thread")
+        .2;
+    let main = threads.iter().find(|t| t.0 == pid).expect("main thread");
+    assert_eq!(
+        main.2, own,
+        "the FUSE thread's priority changed: {threads:?}"
+    );
+    for name in [
+        "uploader-0",
+        "uploader-1",
+        "repair",
+        "lease",
+        "tokio-rt-worker",
+    ] {
+        let found: Vec<_> = threads.iter().filter(|t| t.1 == name).collect();
+        assert!(!found.is_empty(), "no {name} thread: {threads:?}");
+        for t in found {
+            assert_eq!(
+                t.2,
+                (own + 10).min(19),
+                "{name} is not at background priority: {threads:?}"
+            );
+        }
+    }
+    c.umount();
+    drop(net);
+}
