@@ -34,9 +34,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// them), so under contention the CPU goes to the requests first and background work fills
 /// what is left; a backup also yields to the other programs of the machine this way. Raising
 /// one's own nice value needs no privilege. Measured on the 2-core testbed, where the suppliers
-/// share the CPU (`scripts/bench.sh 512 5000`, 3 runs alternated with 3 of the build before):
-/// write until durable 138-153 -> 157-173 MB/s (0.31-0.38x -> 0.36-0.44x bindfs), cold read,
-/// rsync and repair unchanged within noise.
+/// share the CPU (`scripts/bench.sh 512 5000` alternated with the build before, 7 pairs): write
+/// until durable medians 149.5 -> 157.3 MB/s, cold read, rsync and repair unchanged within
+/// noise; long copies no faster, with 8-12% more CPU per GiB (docs/DESIGN.md).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// Makes the calling thread [`BACKGROUND_NICE`] nicer than the process's main thread (the FUSE
