@@ -21,10 +21,13 @@ use crate::home::Home;
 /// A tokio runtime for the network side (two workers: this machine class has two cores and
 /// the FUSE and upload threads need them too).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    Ok(runtime_builder().build()?)
+}
+
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(2).enable_all();
+    b
 }
 
 /// How much nicer than the FUSE thread a mount's background threads run: its network runtime,
@@ -56,10 +59,8 @@ pub fn background_priority() {
 
 /// [`runtime`] for a mount: its workers run at [`BACKGROUND_NICE`].
 fn background_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    Ok(runtime_builder()
         .on_thread_start(background_priority)
-        .enable_all()
         .build()?)
 }
 
