@@ -40,12 +40,12 @@ fn runtime_builder() -> tokio::runtime::Builder {
 /// share the CPU (`scripts/bench.sh 512 5000` alternated with the build before, 7 pairs): write
 /// until durable medians 149.5 -> 157.3 MB/s, cold read, rsync and repair unchanged within
 /// noise; long copies no faster, with 8-12% more CPU per GiB (docs/DESIGN.md).
-pub const BACKGROUND_NICE: i32 = 10;
+const BACKGROUND_NICE: i32 = 10;
 
 /// Makes the calling thread [`BACKGROUND_NICE`] nicer than the process's main thread (the FUSE
 /// thread of a mount), at most 19, the lowest priority; calling it again changes nothing.
 /// Best effort: a failure is logged and changes nothing else.
-pub fn background_priority() {
+fn background_priority() {
     // On Linux the nice value belongs to each thread: PRIO_PROCESS with the process id names
     // the main thread (its thread id is the process id), and with no id (0) the calling thread.
     let main = rustix::process::getpid();
