@@ -1,5 +1,7 @@
 //! Pipeline throughput (chunk + id + seal + erasure-encode) next to its raw primitives, in
 //! bytes per second on one core. Run: `cargo bench -p dustfs-core --bench pipeline`.
+//! `xchacha20poly1305` is the `chacha20poly1305` crate (the reference issue 8 measures
+//! against); `xchacha20poly1305_seal_into` the same cipher as dustfs runs it (`seal.rs`).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -35,6 +37,20 @@ fn primitives(c: &mut Criterion) {
         b.iter(|| {
             d.chunks(1 << 20)
                 .map(|c| cipher.encrypt(nonce, c).map(|v| v.len()).unwrap_or(0))
+                .sum::<usize>()
+        })
+    });
+    // The same cipher as dustfs seals with (HChaCha20 + ring's ChaCha20-Poly1305, seal.rs).
+    g.bench_function("xchacha20poly1305_seal_into", |b| {
+        let mut out = Vec::with_capacity((1 << 20) + seal::SEAL_OVERHEAD);
+        let id = ChunkId([3u8; 32]);
+        b.iter(|| {
+            d.chunks(1 << 20)
+                .map(|c| {
+                    out.clear();
+                    seal::seal_into(&[2u8; 32], &id, c, &mut out);
+                    out.len()
+                })
                 .sum::<usize>()
         })
     });
