@@ -59,7 +59,7 @@ async fn ask(node: &Node, peer: PeerId, frame: Vec<u8>) -> Response {
         .request(peer, frame)
         .await
         .expect("the honest supplier answers");
-    protocol::decode_response(&bytes).expect("a well-formed response")
+    protocol::decode_response(&bytes.into_vec()).expect("a well-formed response")
 }
 
 fn enc(r: &Request) -> Vec<u8> {

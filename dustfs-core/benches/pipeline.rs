@@ -1,5 +1,6 @@
-//! Pipeline throughput (chunk + id + seal + erasure-encode) next to its raw primitives, in
-//! bytes per second on one core. Run: `cargo bench -p dustfs-core --bench pipeline`.
+//! Pipeline throughput next to its raw primitives, in bytes per second on one core: the write
+//! side (chunk + id + seal + erasure-encode) and the read side (verify shards, join or rebuild
+//! the block, open its chunks). Run: `cargo bench -p dustfs-core --bench pipeline`.
 //! `xchacha20poly1305` is the `chacha20poly1305` crate (the reference issue 8 measures
 //! against); `xchacha20poly1305_seal_into` the same cipher as dustfs runs it (`seal.rs`).
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -98,5 +99,111 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitives, pipeline);
+/// A block's length and its shards (id, bytes).
+type Block = (usize, Vec<(dustfs_core::shard::ShardId, Vec<u8>)>);
+
+/// What the write pipeline produced: each block's shards and length, and where each chunk went.
+struct Written {
+    blocks: Vec<Block>,
+    /// (block, offset in it, sealed length, id)
+    chunks: Vec<(usize, usize, usize, ChunkId)>,
+}
+
+fn write_all(d: &[u8]) -> Written {
+    let mut w = Written {
+        blocks: Vec::new(),
+        chunks: Vec::new(),
+    };
+    let mut block = Vec::with_capacity(BLOCK);
+    let flush = |block: &mut Vec<u8>, w: &mut Written| {
+        let shards = erasure::encode(Redundancy::default(), block).unwrap();
+        w.blocks.push((block.len(), shards));
+        block.clear();
+    };
+    for (o, l) in chunk::cut(d) {
+        let p = &d[o..o + l];
+        let id = ChunkId::of(&[1; 32], p);
+        if block.len() + l + seal::SEAL_OVERHEAD > BLOCK && !block.is_empty() {
+            flush(&mut block, &mut w);
+        }
+        w.chunks
+            .push((w.blocks.len(), block.len(), l + seal::SEAL_OVERHEAD, id));
+        seal::seal_into(&[2; 32], &id, p, &mut block);
+    }
+    flush(&mut block, &mut w);
+    w
+}
+
+/// Reads every chunk back as the engine does: shards verified against their ids, the block
+/// joined from the shards in `use_shards` (rebuilt when a data shard is not among them), each
+/// chunk opened (decrypted, its id checked). Returns the plaintext bytes read.
+fn read_all(w: &Written, use_shards: &[usize]) -> usize {
+    let r = Redundancy::default();
+    let mut got = 0;
+    let mut next = 0;
+    for (no, (len, shards)) in w.blocks.iter().enumerate() {
+        let mut have: Vec<Option<Vec<u8>>> = vec![None; shards.len()];
+        for &i in use_shards {
+            let (id, bytes) = &shards[i];
+            dustfs_core::shard::parse(bytes, Some(id)).unwrap();
+            // The engine owns the shards a fetch returns; the copy stands for the network.
+            have[i] = Some(bytes.clone());
+        }
+        let block = erasure::decode_parts(r, *len, have).unwrap();
+        while let Some(&(b, off, l, id)) = w.chunks.get(next) {
+            if b != no {
+                break;
+            }
+            let sealed = block.slice(off, l).unwrap();
+            got += seal::open_owned(&[2; 32], &[1; 32], &id, sealed)
+                .unwrap()
+                .len();
+            next += 1;
+        }
+    }
+    got
+}
+
+fn read_pipeline(c: &mut Criterion) {
+    let d = data();
+    let w = write_all(&d);
+    assert_eq!(read_all(&w, &[0, 1, 2, 3]), d.len());
+    assert_eq!(read_all(&w, &[0, 1, 4, 5]), d.len());
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    g.sample_size(10);
+    // The copies of the shards `read_all` takes (standing for the fetch), alone.
+    g.bench_function("copy_4_shards", |b| {
+        b.iter(|| {
+            w.blocks
+                .iter()
+                .map(|(_, s)| s[..4].iter().map(|(_, b)| b.clone().len()).sum::<usize>())
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("reed_solomon_4+2_rebuild_2", |b| {
+        b.iter(|| {
+            w.blocks
+                .iter()
+                .map(|(len, s)| {
+                    let have = (0..s.len())
+                        .map(|i| (i != 2 && i != 3).then(|| s[i].1.clone()))
+                        .collect();
+                    erasure::decode_parts(Redundancy::default(), *len, have)
+                        .map(|b| b.len())
+                        .unwrap_or(0)
+                })
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("verify+join+open", |b| {
+        b.iter(|| read_all(&w, &[0, 1, 2, 3]))
+    });
+    g.bench_function("verify+rebuild_2+open", |b| {
+        b.iter(|| read_all(&w, &[0, 1, 4, 5]))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, primitives, pipeline, read_pipeline);
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 //! memory. Calls block the calling thread (the engine runs them on its own worker threads).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::shard::ShardId;
 
@@ -32,8 +32,14 @@ pub enum StoreError {
 pub trait ShardStore: Send + Sync {
     /// Suppliers currently known and believed reachable, best first.
     fn suppliers(&self) -> Vec<SupplierId>;
-    /// Stores a shard on a supplier and returns once it is durable there (fsync'd).
-    fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Stores a shard on a supplier and returns once it is durable there (fsync'd). The bytes
+    /// are shared so that a network store can send them without copying them into a message.
+    fn store(
+        &self,
+        supplier: &SupplierId,
+        id: &ShardId,
+        bytes: &Arc<Vec<u8>>,
+    ) -> Result<(), StoreError>;
     /// Fetches a whole shard from a supplier (the caller verifies it against `id`).
     fn fetch(&self, supplier: &SupplierId, id: &ShardId) -> Result<Vec<u8>, StoreError>;
     /// Deletes a shard from a supplier.
@@ -201,7 +207,12 @@ impl ShardStore for MemStore {
         v
     }
 
-    fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+    fn store(
+        &self,
+        supplier: &SupplierId,
+        id: &ShardId,
+        bytes: &Arc<Vec<u8>>,
+    ) -> Result<(), StoreError> {
         let mut g = self.lock();
         if g.hold_stores {
             g.held_stores += 1;
@@ -219,7 +230,7 @@ impl ShardStore for MemStore {
         if !m.contains_key(id) && used + bytes.len() > quota {
             return Err(StoreError::Quota);
         }
-        m.insert(*id, bytes.to_vec());
+        m.insert(*id, bytes.as_ref().clone());
         Ok(())
     }
 

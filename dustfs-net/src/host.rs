@@ -123,8 +123,8 @@ pub struct NodeConfig {
 enum Command {
     Request {
         peer: PeerId,
-        frame: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+        frame: crate::protocol::Frame,
+        reply: oneshot::Sender<Result<crate::protocol::Frame, NetError>>,
     },
     PutRecord {
         key: Vec<u8>,
@@ -520,7 +520,12 @@ impl Node {
     }
 
     /// Sends a request frame to a peer and waits for the response frame.
-    pub async fn request(&self, peer: PeerId, frame: Vec<u8>) -> Result<Vec<u8>, NetError> {
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        frame: impl Into<crate::protocol::Frame>,
+    ) -> Result<crate::protocol::Frame, NetError> {
+        let frame = frame.into();
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request { peer, frame, reply })
@@ -653,7 +658,7 @@ impl Node {
 type PendingGet = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
 
 /// A response frame, the peer and the channel it answers.
-type Answer = (PeerId, ResponseChannel<Vec<u8>>, Vec<u8>);
+type Answer = (PeerId, ResponseChannel<crate::protocol::Frame>, Vec<u8>);
 
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
@@ -670,7 +675,7 @@ struct Task {
     relays: Vec<Multiaddr>,
     reserved: bool,
     supplier: Option<Arc<ShardDir>>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<crate::protocol::Frame, NetError>>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
     gets: HashMap<kad::QueryId, PendingGet>,
     shared: Arc<Mutex<Shared>>,
@@ -737,7 +742,7 @@ impl Task {
                     if let Some(b) = self.budgets.get_mut(&peer) {
                         b.in_flight = b.in_flight.saturating_sub(1);
                     }
-                    if self.swarm.behaviour_mut().rr.send_response(channel, frame).is_err() {
+                    if self.swarm.behaviour_mut().rr.send_response(channel, frame.into()).is_err() {
                         debug!("response channel closed before the answer was ready");
                     }
                 }
@@ -1112,7 +1117,10 @@ impl Task {
         }
     }
 
-    fn on_rr(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_rr(
+        &mut self,
+        ev: request_response::Event<crate::protocol::Frame, crate::protocol::Frame>,
+    ) {
         use request_response::{Event, Message};
         match ev {
             Event::Message {
@@ -1129,7 +1137,11 @@ impl Task {
                             "this node is not a supplier".into(),
                         )),
                     );
-                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, frame);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rr
+                        .send_response(channel, frame.into());
                     return;
                 };
                 lock(&self.shared).account(&peer, request.len());
@@ -1144,22 +1156,28 @@ impl Task {
                     let frame = crate::protocol::encode_response(
                         &crate::protocol::Response::Error(crate::protocol::WireError::Busy),
                     );
-                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, frame);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rr
+                        .send_response(channel, frame.into());
                     return;
                 }
                 let tx = self.inbound.0.clone();
                 tokio::spawn(async move {
                     // Disk IO with fsync: off the async threads.
-                    let resp = match tokio::task::spawn_blocking(move || dir.handle(&request)).await
-                    {
-                        Ok(resp) => resp,
-                        Err(e) => {
-                            warn!(%peer, error = %e, "request handler failed");
-                            crate::protocol::encode_response(&crate::protocol::Response::Error(
-                                crate::protocol::WireError::Internal("handler failed".into()),
-                            ))
-                        }
-                    };
+                    let resp =
+                        match tokio::task::spawn_blocking(move || dir.handle(&request.into_vec()))
+                            .await
+                        {
+                            Ok(resp) => resp,
+                            Err(e) => {
+                                warn!(%peer, error = %e, "request handler failed");
+                                crate::protocol::encode_response(&crate::protocol::Response::Error(
+                                    crate::protocol::WireError::Internal("handler failed".into()),
+                                ))
+                            }
+                        };
                     // Always answered, so the peer's in-flight count goes down again.
                     let _ = tx.send((peer, channel, resp)).await;
                 });

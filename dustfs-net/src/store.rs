@@ -3,8 +3,8 @@
 //! the calling (non-async) thread on the node's runtime.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dustfs_core::shard::ShardId;
@@ -138,14 +138,16 @@ impl NetStore {
         supplier: &SupplierId,
         mut make: impl FnMut() -> Result<Request, StoreError>,
     ) -> Result<Response, StoreError> {
-        self.call_frame(supplier, || make().map(|r| protocol::encode_request(&r)))
+        self.call_frame(supplier, || {
+            make().map(|r| protocol::encode_request(&r).into())
+        })
     }
 
     /// [`Self::call`] with a request already encoded by `make`.
     fn call_frame(
         &self,
         supplier: &SupplierId,
-        mut make: impl FnMut() -> Result<Vec<u8>, StoreError>,
+        mut make: impl FnMut() -> Result<protocol::Frame, StoreError>,
     ) -> Result<Response, StoreError> {
         let peer: PeerId = supplier
             .parse()
@@ -159,7 +161,7 @@ impl NetStore {
             let frame = make()?;
             match self.rt.block_on(self.node.request(peer, frame)) {
                 Ok(resp) => {
-                    return protocol::decode_response_owned(resp)
+                    return protocol::decode_response_frame(resp)
                         .map_err(|e| StoreError::Refused(e.to_string()));
                 }
                 Err(e @ NetError::ConnectionClosed { .. }) if attempt < SENDS => {
@@ -257,7 +259,12 @@ impl ShardStore for NetStore {
             .collect()
     }
 
-    fn store(&self, supplier: &SupplierId, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+    fn store(
+        &self,
+        supplier: &SupplierId,
+        id: &ShardId,
+        bytes: &Arc<Vec<u8>>,
+    ) -> Result<(), StoreError> {
         // One retry: a supplier that lost or let our contract lapse says so, and we ask again.
         for attempt in 0..2 {
             self.ensure_contract(supplier)?;
@@ -269,7 +276,7 @@ impl ShardStore for NetStore {
                         len: bytes.len() as u64,
                     },
                 )?;
-                Ok(protocol::encode_store(&env, bytes))
+                Ok(protocol::store_frame(&env, bytes.clone()))
             })? {
                 Response::Stored => return Ok(()),
                 Response::Error(WireError::NoContract) if attempt == 0 => {
@@ -469,21 +476,21 @@ mod tests {
         let granted = lock(&store.contracts)[&supplier.peer_id].1;
         assert!(granted > protocol::now_ms() + CONTRACT_TERM_MS / 2);
         // Before half the term is gone, nothing is asked again.
-        let data = vec![7u8; 1000];
+        let data = Arc::new(vec![7u8; 1000]);
         store.store(&sup, &ShardId::of(&data), &data).unwrap();
         assert_eq!(lock(&store.contracts)[&supplier.peer_id].1, granted);
         // With less than half of it left, the next store renews it first, and the supplier
         // grants (and countersigns) the new term.
         let aged = protocol::now_ms() + CONTRACT_TERM_MS / 2 - 60_000;
         lock(&store.contracts).insert(supplier.peer_id, (quota, aged));
-        let more = vec![8u8; 1000];
+        let more = Arc::new(vec![8u8; 1000]);
         store.store(&sup, &ShardId::of(&more), &more).unwrap();
         let renewed = lock(&store.contracts)[&supplier.peer_id].1;
         assert!(
             renewed > protocol::now_ms() + CONTRACT_TERM_MS - 60_000,
             "not renewed: {renewed} vs {aged}"
         );
-        assert_eq!(store.fetch(&sup, &ShardId::of(&more)).unwrap(), more);
+        assert_eq!(store.fetch(&sup, &ShardId::of(&more)).unwrap(), *more);
     }
 
     /// The supplier closes the connection while stores are on their way (as nodes close a QUIC
@@ -498,7 +505,8 @@ mod tests {
         contract(&store, &sup);
         let mut stored = Vec::new();
         for i in 0..15u64 {
-            let data: Vec<u8> = (0..4u64 << 20).map(|j| (j * 31 + i) as u8).collect();
+            let data: Arc<Vec<u8>> =
+                Arc::new((0..4u64 << 20).map(|j| (j * 31 + i) as u8).collect());
             let id = ShardId::of(&data);
             // Cut the connection 0-42 ms into the store: mostly while its bytes are moving.
             let (node, peer, rt2) = (supplier.clone(), store.node.peer_id, rt.handle().clone());
@@ -516,7 +524,7 @@ mod tests {
             "no store was cut off: the test did not test anything"
         );
         for (id, data) in &stored {
-            assert_eq!(&store.fetch(&sup, id).unwrap(), data);
+            assert_eq!(&store.fetch(&sup, id).unwrap(), data.as_ref());
         }
     }
 }

@@ -48,7 +48,7 @@ async fn ask(c: &Node, s: &Node, frame: Vec<u8>) -> Response {
         .request(s.peer_id, frame)
         .await
         .expect("the supplier answers");
-    protocol::decode_response(&resp).expect("a well-formed response")
+    protocol::decode_response(&resp.into_vec()).expect("a well-formed response")
 }
 
 fn store(key: &SigningKey, to: &Node, data: &[u8]) -> Request {
@@ -297,7 +297,7 @@ fn a_store_whose_connection_closes_midway_is_sent_again_and_lands() {
     }
     let mut closed_midway = 0;
     for (n, delay_ms) in [1u64, 3, 10, 30, 1, 3, 10, 30].into_iter().enumerate() {
-        let data = vec![n as u8; 4 << 20];
+        let data = std::sync::Arc::new(vec![n as u8; 4 << 20]);
         let id = ShardId::of(&data);
         let resent = store.resent();
         let h = {

@@ -1237,7 +1237,7 @@ impl Engine {
             let hs: Vec<_> = jobs
                 .iter()
                 .map(|(p, bytes)| {
-                    s.spawn(move || (*p, self.store.store(&p.supplier, &p.id, bytes.as_slice())))
+                    s.spawn(move || (*p, self.store.store(&p.supplier, &p.id, bytes)))
                 })
                 .collect();
             hs.into_iter().filter_map(|h| h.join().ok()).collect()
