@@ -7,7 +7,8 @@
 # issue 8 names as the reference, is printed beside it) and the block's
 # erasure encode (which includes BLAKE3 of every shard, the shard ids audits prove against),
 # so on one core the times per byte add up: 1 / (1/cdc + 1/blake3 + 1/xchacha + 1/encode).
-# Usage: scripts/bench-pipeline.sh   (builds with optimisations; about two minutes)
+# The read side (verify shards, join or rebuild the block, open the chunks) is printed after.
+# Usage: scripts/bench-pipeline.sh   (builds with optimisations; about three minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # glibc returns freed multi-MiB buffers to the kernel (heap trim, mmap threshold), so a
@@ -35,4 +36,11 @@ print(f"{'pipeline':28s} {pipe:6.2f} GiB/s = {pipe / ref:.0%} of the chacha20pol
       f"{pipe / p[slowest]:.0%} of its slowest pass ({slowest})")
 print(f"{'sum of its passes':28s} {bound:6.2f} GiB/s = {bound / ref:.0%} of the crate's XChaCha20-Poly1305 "
       f"(the pipeline reaches {pipe / bound:.0%} of it)")
+# The read side: the same data back from its shards (verified against their ids, the block
+# joined from the 4 data shards or rebuilt from 2 data + 2 parity, every chunk opened and its
+# id checked), each shard copied once first as a fetch would hand it over.
+r = {n: gib(f"read/{n}") for n in ["copy_4_shards", "reed_solomon_4+2_rebuild_2", "verify+join+open", "verify+rebuild_2+open"]}
+print("read side:")
+for n, v in r.items():
+    print(f"  {n:26s} {v:6.2f} GiB/s" + (f" = {v / ref:.0%} of the crate's XChaCha20-Poly1305" if "open" in n else ""))
 PY

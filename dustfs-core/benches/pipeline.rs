@@ -177,7 +177,12 @@ fn read_pipeline(c: &mut Criterion) {
         b.iter(|| {
             w.blocks
                 .iter()
-                .map(|(_, s)| s[..4].iter().map(|(_, b)| b.clone().len()).sum::<usize>())
+                .map(|(_, s)| {
+                    s[..4]
+                        .iter()
+                        .map(|(_, b)| std::hint::black_box(b.clone()).len())
+                        .sum::<usize>()
+                })
                 .sum::<usize>()
         })
     });
