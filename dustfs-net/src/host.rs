@@ -1166,18 +1166,22 @@ impl Task {
                 let tx = self.inbound.0.clone();
                 tokio::spawn(async move {
                     // Disk IO with fsync: off the async threads.
-                    let resp =
-                        match tokio::task::spawn_blocking(move || dir.handle(&request.into_vec()))
-                            .await
-                        {
-                            Ok(resp) => resp,
-                            Err(e) => {
-                                warn!(%peer, error = %e, "request handler failed");
-                                crate::protocol::encode_response(&crate::protocol::Response::Error(
-                                    crate::protocol::WireError::Internal("handler failed".into()),
-                                ))
-                            }
-                        };
+                    let resp = match tokio::task::spawn_blocking(move || {
+                        let frame = request.into_vec();
+                        let resp = dir.handle(&frame);
+                        crate::protocol::recycle_frame(frame);
+                        resp
+                    })
+                    .await
+                    {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "request handler failed");
+                            crate::protocol::encode_response(&crate::protocol::Response::Error(
+                                crate::protocol::WireError::Internal("handler failed".into()),
+                            ))
+                        }
+                    };
                     // Always answered, so the peer's in-flight count goes down again.
                     let _ = tx.send((peer, channel, resp)).await;
                 });
