@@ -131,7 +131,9 @@ while True:
     time.sleep(0.05)
 t1 = time.time()
 mb = (s["repair"]["bytes_rebuilt"]) / 2**20
-print(f"{mb:.0f} {mb / (t1 - t0):.1f}")
+# The rate counts only what was rebuilt while the clock ran (a block may be rebuilt as soon as
+# the first of the two is declared gone, before t0).
+print(f"{mb:.0f} {(s['repair']['bytes_rebuilt'] - b0) / 2**20 / (t1 - t0):.1f}")
 PY
 )
 REPAIR_MB=${REPAIR% *}; REPAIR_RATE=${REPAIR#* }
