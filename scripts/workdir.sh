@@ -14,7 +14,14 @@ fi
 W=$(mktemp -d "/tmp/dustfs-$1.XXXXXX")
 cleanup() {
   if declare -F extra_cleanup >/dev/null; then extra_cleanup; fi
+  local pid
+  pid=$(cat "$W/home/mount.pid" 2>/dev/null || true)
   umount "$W/mnt" 2>/dev/null || true
+  # The mount finishes its last requests to suppliers (lease release, final snapshot) after
+  # the unmount: stopping the testnet first left it waiting out request timeouts for a minute.
+  if [ -n "$pid" ]; then
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
   "$B" testnet down --dir "$W/net" >/dev/null 2>&1 || true
   sleep 1
   if [ -n "${KEEP:-}" ]; then echo "kept $W (logs: $W/home/mount.log, $W/net/node-*/log)" >&2
