@@ -601,38 +601,60 @@ const POOLED_FRAME_MAX: usize = 4 << 20;
 /// `read_frame` the part of it that dustfs owns (the rest is in yamux and Noise). At most [`POOLED_FRAMES`] buffers of [`POOLED_FRAME_MAX`] bytes
 /// (16 MiB) per node. A reused buffer's old bytes are never seen: a frame is handed on only
 /// once `read_exact` has filled all of it, and a failed read drops its buffer.
-static FRAME_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+static FRAME_POOL: FramePool = FramePool::new();
 
-/// A buffer of exactly `len` bytes for a frame about to be read over it.
-fn frame_buffer(len: usize) -> Vec<u8> {
-    if len < POOLED_FRAME_MIN {
-        return vec![0u8; len];
+/// A bounded set of reusable frame buffers (see [`FRAME_POOL`]).
+struct FramePool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl FramePool {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
     }
-    let reused = FRAME_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    match reused {
-        Some(mut b) => {
-            // Only what the buffer lacks is zeroed (nothing, for frames of one shard size).
-            b.resize(len, 0);
-            b
+
+    /// A buffer of exactly `len` bytes for a frame about to be read over it.
+    fn take(&self, len: usize) -> Vec<u8> {
+        if len < POOLED_FRAME_MIN {
+            return vec![0u8; len];
         }
-        None => vec![0u8; len],
+        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match reused {
+            Some(mut b) => {
+                // Only what the buffer lacks is zeroed (nothing, for frames of one shard size).
+                b.resize(len, 0);
+                b
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    /// Keeps `buf` for a later large frame, within the pool's bounds.
+    fn put(&self, buf: Vec<u8>) {
+        if buf.len() < POOLED_FRAME_MIN || buf.capacity() > POOLED_FRAME_MAX {
+            return;
+        }
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOLED_FRAMES {
+            pool.push(buf);
+        }
     }
 }
 
 /// Hands a request frame's buffer back for the next large frame (see [`FRAME_POOL`]).
 pub fn recycle_frame(buf: Vec<u8>) {
-    if buf.len() < POOLED_FRAME_MIN || buf.capacity() > POOLED_FRAME_MAX {
-        return;
-    }
-    let mut pool = FRAME_POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < POOLED_FRAMES {
-        pool.push(buf);
-    }
+    FRAME_POOL.put(buf);
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    read_frame_in(io, &FRAME_POOL).await
+}
+
+/// [`read_frame`] over a buffer from `pool`.
+async fn read_frame_in<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    pool: &FramePool,
+) -> io::Result<Vec<u8>> {
     let len = read_len(io).await?;
-    let mut buf = frame_buffer(len);
+    let mut buf = pool.take(len);
     io.read_exact(&mut buf).await?;
     Ok(buf)
 }
@@ -757,36 +779,46 @@ mod tests {
 
     #[test]
     fn a_frame_read_over_a_reused_buffer_holds_exactly_its_own_bytes() {
+        // A pool of this test's own: the nodes of other tests share the process's.
+        let pool = FramePool::new();
         let read = |frame: &[u8]| {
             let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
             wire.extend_from_slice(frame);
-            futures::executor::block_on(read_frame(&mut futures::io::Cursor::new(wire))).unwrap()
+            futures::executor::block_on(read_frame_in(&mut futures::io::Cursor::new(wire), &pool))
         };
-        // Buffers left over from earlier frames, full of another request's bytes.
-        for n in [3 << 20, 2 << 20, 200 << 10] {
-            recycle_frame(vec![0xAA; n]);
-        }
-        for (n, byte) in [(100 << 10, 1u8), (2 << 20, 2), (3 << 20, 3), (70 << 10, 4)] {
-            let frame = vec![byte; n];
-            let got = read(&frame);
-            assert_eq!(got.len(), n);
-            assert!(got == frame, "stale bytes in a {n}-byte frame");
-            recycle_frame(got);
-        }
-        // A stream that ends early is an error, and nothing of it is handed on.
+        // A buffer left over from an earlier request, full of its bytes, is the one reused.
+        let old = vec![0xAA; 3 << 20];
+        let at = old.as_ptr();
+        pool.put(old);
+        let frame = vec![1u8; 100 << 10];
+        let got = read(&frame).unwrap();
+        assert_eq!(got.as_ptr(), at, "the pooled buffer was not reused");
+        assert!(got == frame, "stale bytes in a shorter frame");
+        pool.put(got);
+        // Grown again past its old length: the bytes between are this frame's too.
+        let frame = vec![2u8; 3 << 20];
+        let got = read(&frame).unwrap();
+        assert_eq!(got.as_ptr(), at);
+        assert!(got == frame, "stale bytes in a longer frame");
+        pool.put(got);
+        // A stream that ends early is an error, and its buffer is not handed on nor kept.
         let mut wire = (1u32 << 20).to_be_bytes().to_vec();
         wire.extend_from_slice(&[7; 1000]);
         assert!(
-            futures::executor::block_on(read_frame(&mut futures::io::Cursor::new(wire))).is_err()
+            futures::executor::block_on(read_frame_in(&mut futures::io::Cursor::new(wire), &pool))
+                .is_err()
         );
-        // The pool keeps a bounded number of buffers, none larger than its limit.
+        assert!(pool.0.lock().unwrap().is_empty());
+        // Small frames bypass the pool; it keeps a bounded number of bounded buffers.
+        assert!(read(&[5; 100]).unwrap() == [5; 100]);
         for _ in 0..10 {
-            recycle_frame(vec![0; 1 << 20]);
+            pool.put(vec![0; 1 << 20]);
         }
-        recycle_frame(vec![0; 8 << 20]);
-        let pool = FRAME_POOL.lock().unwrap();
-        assert!(pool.len() <= POOLED_FRAMES);
-        assert!(pool.iter().all(|b| b.capacity() <= POOLED_FRAME_MAX));
+        pool.put(vec![0; 8 << 20]);
+        pool.put(vec![0; 100]);
+        let kept = pool.0.lock().unwrap();
+        assert_eq!(kept.len(), POOLED_FRAMES);
+        assert!(kept.iter().all(|b| b.capacity() <= POOLED_FRAME_MAX));
     }
 
     /// A frame as the codec reads it from a stream (its length first).
