@@ -598,8 +598,8 @@ const POOLED_FRAME_MAX: usize = 4 << 20;
 /// ([`recycle_frame`]) and read over by the next one. A new `vec![0; len]` for every stored
 /// shard was zeroed by `memset` and often faulted in page by page: in a profile of a 512 MiB
 /// copy (`scripts/profile.sh write`) the suppliers' `memset` was 1.45% of all CPU samples,
-/// `read_frame` the part of it that dustfs owns (the rest is in yamux and Noise). At most [`POOLED_FRAMES`] buffers of [`POOLED_FRAME_MAX`] bytes
-/// (16 MiB) per node. A reused buffer's old bytes are never seen: a frame is handed on only
+/// `read_frame` the part of it that dustfs owns (the rest is in yamux and Noise). At most
+/// [`POOLED_FRAMES`] buffers of [`POOLED_FRAME_MAX`] bytes (16 MiB) per node. A reused buffer's old bytes are never seen: a frame is handed on only
 /// once `read_exact` has filled all of it, and a failed read drops its buffer.
 static FRAME_POOL: FramePool = FramePool::new();
 
