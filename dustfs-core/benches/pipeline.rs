@@ -76,10 +76,11 @@ fn pipeline(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("chunk+id+seal+encode", |b| {
         b.iter(|| {
-            // As the engine does it: each chunk sealed straight into the open block.
+            // As the engine does it: each chunk found, hashed and sealed straight into the
+            // open block before the next is cut.
             let mut block = Vec::with_capacity(BLOCK);
             let mut shards = 0;
-            for (o, l) in chunk::cut(&d) {
+            for (o, l) in chunk::cuts(&d) {
                 let p = &d[o..o + l];
                 let id = ChunkId::of(&[1; 32], p);
                 if block.len() + l + seal::SEAL_OVERHEAD > BLOCK && !block.is_empty() {

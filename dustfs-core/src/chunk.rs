@@ -33,12 +33,19 @@ impl ChunkId {
 
 /// Cuts `data` into content-defined pieces; returns (offset, length) pairs covering all of it.
 pub fn cut(data: &[u8]) -> Vec<(usize, usize)> {
-    if data.is_empty() {
-        return Vec::new();
-    }
-    fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+    cuts(data).collect()
+}
+
+/// [`cut`] one piece at a time: each cut point is found when the caller asks for the next
+/// piece, so a caller that hashes and seals each piece before asking for the next finds its
+/// bytes still in the core's cache from the scan that found its end (the engine's commits do:
+/// the piece's first pass reads memory, its id and sealing passes read the cache).
+pub fn cuts(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    (!data.is_empty())
+        .then(|| fastcdc::v2020::FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK))
+        .into_iter()
+        .flatten()
         .map(|c| (c.offset, c.length))
-        .collect()
 }
 
 #[cfg(test)]

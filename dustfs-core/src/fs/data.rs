@@ -566,13 +566,12 @@ impl Engine {
                 self.read_dirty(st, ino, pos + off, &mut buf[at..at + n])?;
                 at += n;
             }
-            let cuts = chunk::cut(buf);
-            let n = if final_ {
-                cuts.len()
-            } else {
-                cuts.len().saturating_sub(1)
-            };
-            for &(o, l) in &cuts[..n] {
+            for (o, l) in chunk::cuts(buf) {
+                // Unless the file is done, the run's last piece stays dirty: its end is where
+                // the writer stopped so far, not a content-defined cut.
+                if !final_ && o + l == buf.len() {
+                    break;
+                }
                 let data = &buf[o..o + l];
                 let id = ChunkId::of(&self.keys.chunk_id, data);
                 let mut b = WriteBatch::default();
