@@ -49,7 +49,7 @@ fn primitives(c: &mut Criterion) {
             d.chunks(1 << 20)
                 .map(|c| {
                     out.clear();
-                    seal::seal_into(&[2u8; 32], &id, c, &mut out);
+                    seal::seal_into(&[2u8; 32], &id, c, &mut out).unwrap();
                     out.len()
                 })
                 .sum::<usize>()
@@ -89,7 +89,7 @@ fn pipeline(c: &mut Criterion) {
                         .unwrap_or(0);
                     block.clear();
                 }
-                seal::seal_into(&[2; 32], &id, p, &mut block);
+                seal::seal_into(&[2; 32], &id, p, &mut block).unwrap();
             }
             shards
                 + erasure::encode(Redundancy::default(), &block)
@@ -129,7 +129,7 @@ fn write_all(d: &[u8]) -> Written {
         }
         w.chunks
             .push((w.blocks.len(), block.len(), l + seal::SEAL_OVERHEAD, id));
-        seal::seal_into(&[2; 32], &id, p, &mut block);
+        seal::seal_into(&[2; 32], &id, p, &mut block).unwrap();
     }
     flush(&mut block, &mut w);
     w

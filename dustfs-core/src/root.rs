@@ -129,11 +129,11 @@ impl RootRecord {
 
 /// Seals a manifest with the metadata key (deterministic: the nonce comes from a keyed hash of
 /// the plaintext, as for chunks).
-pub fn seal_manifest(keys: &Keys, plain: &[u8]) -> Vec<u8> {
+pub fn seal_manifest(keys: &Keys, plain: &[u8]) -> Result<Vec<u8>, seal::SealError> {
     let id = ChunkId::of(&keys.meta, plain);
     let mut out = id.0.to_vec();
-    out.extend(seal::seal(&keys.meta, &id, plain));
-    out
+    seal::seal_into(&keys.meta, &id, plain, &mut out)?;
+    Ok(out)
 }
 
 /// Opens a sealed manifest.
@@ -181,7 +181,7 @@ mod tests {
             user: keys.public().to_bytes(),
             seq,
             time_ms: 1,
-            manifest: seal_manifest(keys, format!("manifest {seq}").as_bytes()),
+            manifest: seal_manifest(keys, format!("manifest {seq}").as_bytes()).unwrap(),
         }
     }
 
@@ -275,7 +275,7 @@ mod tests {
         ) {
             let k = MasterSecret::from_bytes(&[11; 32]).unwrap().derive();
             let user = k.public().to_bytes();
-            let r = RootRecord { user, seq, time_ms, manifest: seal_manifest(&k, &plain) };
+            let r = RootRecord { user, seq, time_ms, manifest: seal_manifest(&k, &plain).unwrap() };
             let bytes = r.sign(&k);
             proptest::prop_assert_eq!(RootRecord::verify(&bytes, &user).unwrap(), r.clone());
             proptest::prop_assert_eq!(RootRecord::peek_seq(&bytes), Some((seq, user)));

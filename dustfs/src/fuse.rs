@@ -43,6 +43,7 @@ pub fn errno(e: &FsError) -> i32 {
         | FsError::Corrupt(_)
         | FsError::Db(_)
         | FsError::Erasure(_)
+        | FsError::Seal(_)
         | FsError::Io(_) => libc::EIO,
         _ => libc::EIO,
     }

@@ -383,7 +383,7 @@ impl Engine {
     ) -> FsResult<()> {
         self.make_room_open(st, plain.len() + crate::seal::SEAL_OVERHEAD)?;
         let off = st.open.buf.len();
-        crate::seal::seal_into(&self.keys.seal, id, plain, &mut st.open.buf);
+        crate::seal::seal_into(&self.keys.seal, id, plain, &mut st.open.buf)?;
         self.persist_open(st, b, id, off)
     }
 

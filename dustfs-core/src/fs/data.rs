@@ -493,8 +493,13 @@ impl Engine {
         };
         let open = || -> FsResult<Vec<u8>> {
             let sealed = self.block_slice(loc.block, loc.off as usize, loc.len as usize)?;
-            seal::open_owned(&self.keys.seal, &self.keys.chunk_id, id, sealed)
-                .map_err(|e| FsError::Corrupt(format!("{id:?}: {e}")))
+            seal::open_owned(&self.keys.seal, &self.keys.chunk_id, id, sealed).map_err(
+                |e| match e {
+                    // The cipher library failing (out of memory) says nothing about the bytes.
+                    seal::SealError::Cipher(_) => FsError::Seal(e),
+                    _ => FsError::Corrupt(format!("{id:?}: {e}")),
+                },
+            )
         };
         let plain = match open() {
             Ok(p) => Arc::new(p),

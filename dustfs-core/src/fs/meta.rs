@@ -306,7 +306,7 @@ impl Engine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            manifest: root::seal_manifest(&self.keys, &db::encode(&m)),
+            manifest: root::seal_manifest(&self.keys, &db::encode(&m))?,
         };
         let signed = rec.sign(&self.keys);
         if signed.len() > root::MAX_ROOT {

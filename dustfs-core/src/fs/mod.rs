@@ -115,6 +115,10 @@ pub enum FsError {
     /// The local disk failed (the block cache directory).
     #[error("local disk: {0}")]
     Io(#[from] std::io::Error),
+    /// Sealing or opening a chunk failed in the cipher library (not a bad chunk: those are
+    /// [`FsError::Corrupt`]).
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
 }
 
 impl From<rocksdb::Error> for FsError {

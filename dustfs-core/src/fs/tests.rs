@@ -925,7 +925,7 @@ fn restore_refuses_forged_and_ignores_older_root_records_and_says_when_there_is_
         user: t.keys.public().to_bytes(),
         seq: 99,
         time_ms: 0,
-        manifest: crate::root::seal_manifest(&thief, b"nothing"),
+        manifest: crate::root::seal_manifest(&thief, b"nothing").unwrap(),
     }
     .sign(&thief);
     t.store.put_root(&"s3".to_string(), &forged).unwrap();
