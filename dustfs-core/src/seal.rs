@@ -44,6 +44,15 @@ pub enum SealError {
     /// The cipher library failed (out of memory): nothing was sealed or opened.
     #[error("cipher library: {0}")]
     Cipher(String),
+    /// The buffer given for a sealed chunk is shorter than the chunk plus its tag (or the
+    /// chunk is 2 GiB or more).
+    #[error("no room for a sealed chunk of {need} bytes in {have}")]
+    Room {
+        /// bytes the sealed chunk takes
+        need: usize,
+        /// bytes given
+        have: usize,
+    },
 }
 
 impl From<ErrorStack> for SealError {
@@ -88,20 +97,38 @@ fn seal_with(
     out: &mut Vec<u8>,
 ) -> Result<(), SealError> {
     let start = out.len();
-    let r = (|| {
-        let mut ctx = xchacha(key, nonce, aad, true)?;
-        // Out of place, straight into `out`: no copy of the plaintext first.
-        ctx.cipher_update_vec(plain, out)?;
-        ctx.cipher_final_vec(out)?;
-        let mut tag = [0u8; SEAL_OVERHEAD];
-        ctx.tag(&mut tag)?;
-        out.extend_from_slice(&tag);
-        Ok::<_, ErrorStack>(())
-    })();
-    r.map_err(|e| {
-        out.truncate(start);
-        SealError::from(e)
-    })
+    out.resize(start + plain.len() + SEAL_OVERHEAD, 0);
+    seal_with_slice(key, nonce, aad, plain, &mut out[start..]).inspect_err(|_| out.truncate(start))
+}
+
+/// XChaCha20-Poly1305 of `plain` written over the first `plain.len() + SEAL_OVERHEAD` bytes of
+/// `out` (ciphertext, then the tag), straight from `plain`: no copy of it first.
+fn seal_with_slice(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    aad: &[u8],
+    plain: &[u8],
+    out: &mut [u8],
+) -> Result<(), SealError> {
+    let n = plain.len();
+    if out.len() < n + SEAL_OVERHEAD || i32::try_from(n).is_err() {
+        return Err(SealError::Room {
+            need: n + SEAL_OVERHEAD,
+            have: out.len(),
+        });
+    }
+    let (body, rest) = out.split_at_mut(n);
+    let mut ctx = xchacha(key, nonce, aad, true)?;
+    // A stream cipher: exactly `n` bytes out for `n` in, and nothing left for the final call.
+    let written = ctx.cipher_update(plain, Some(body))?;
+    let flushed = ctx.cipher_final_vec(&mut Vec::new())?;
+    if written != n || flushed != 0 {
+        return Err(SealError::Cipher(format!(
+            "ChaCha20-Poly1305 gave {written} + {flushed} bytes for {n}"
+        )));
+    }
+    ctx.tag(&mut rest[..SEAL_OVERHEAD])?;
+    Ok(())
 }
 
 /// Opens `sealed` (ciphertext, then tag) in place; returns the plaintext's length.
@@ -153,6 +180,18 @@ pub fn seal_into(
     out: &mut Vec<u8>,
 ) -> Result<(), SealError> {
     seal_with(key, &nonce_of(id), &id.0, plain, out)
+}
+
+/// [`seal`] over the first `plain.len() + SEAL_OVERHEAD` bytes of `out` (a buffer whose bytes
+/// are initialised already: nothing is zeroed before the ciphertext is written, as appending to
+/// a vector must). Refuses a shorter `out` with [`SealError::Room`].
+pub fn seal_into_slice(
+    key: &[u8; 32],
+    id: &ChunkId,
+    plain: &[u8],
+    out: &mut [u8],
+) -> Result<(), SealError> {
+    seal_with_slice(key, &nonce_of(id), &id.0, plain, out)
 }
 
 /// Decrypts a sealed chunk and checks it against its id (with the chunk-id key).
@@ -222,6 +261,14 @@ mod tests {
             seal_into(&k, &id, &data, &mut into).unwrap();
             prop_assert_eq!(&into[..6], b"before");
             prop_assert_eq!(&into[6..], &s[..]);
+            // Over a buffer holding other bytes: the same sealed chunk, and nothing past it.
+            let mut over = vec![0xA5u8; s.len() + 3];
+            seal_into_slice(&k, &id, &data, &mut over).unwrap();
+            prop_assert_eq!(&over[..s.len()], &s[..]);
+            prop_assert_eq!(&over[s.len()..], &[0xA5u8; 3][..]);
+            let mut short = vec![0u8; s.len() - 1];
+            prop_assert_eq!(seal_into_slice(&k, &id, &data, &mut short),
+                Err(SealError::Room { need: s.len(), have: s.len() - 1 }));
             prop_assert_eq!(open(&k, &ik, &id, &s).unwrap(), data.clone());
             prop_assert_eq!(open_owned(&k, &ik, &id, s).unwrap(), data);
         }

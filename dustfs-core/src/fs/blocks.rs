@@ -383,7 +383,9 @@ impl Engine {
     ) -> FsResult<()> {
         self.make_room_open(st, plain.len() + crate::seal::SEAL_OVERHEAD)?;
         let off = st.open.buf.len();
-        crate::seal::seal_into(&self.keys.seal, id, plain, &mut st.open.buf)?;
+        let n = plain.len() + crate::seal::SEAL_OVERHEAD;
+        crate::seal::seal_into_slice(&self.keys.seal, id, plain, st.open.buf.room(n))?;
+        st.open.buf.grow(n);
         self.persist_open(st, b, id, off)
     }
 
@@ -440,7 +442,7 @@ impl Engine {
         }
         if let Some(f) = &st.open.file {
             use std::os::unix::fs::FileExt;
-            f.write_all_at(&st.open.buf[off..], off as u64)?;
+            f.write_all_at(&st.open.buf.bytes()[off..], off as u64)?;
         }
         Ok(())
     }
@@ -453,7 +455,7 @@ impl Engine {
         }
         let no = st.open.no;
         let r = self.cfg.redundancy;
-        let shards = erasure::encode(r, &st.open.buf)?;
+        let shards = erasure::encode(r, st.open.buf.bytes())?;
         let state = next(BlockState::Open, BlockEvent::Seal).unwrap_or(BlockState::Sealed);
         let rec = BlockRecord {
             redundancy: r,
@@ -474,7 +476,7 @@ impl Engine {
             f.set_len(st.open.buf.len() as u64)?;
         }
         if !self.open_path(no).exists() {
-            std::fs::write(self.open_path(no), &st.open.buf)?;
+            std::fs::write(self.open_path(no), st.open.buf.bytes())?;
         }
         std::fs::rename(self.open_path(no), self.cache_path(no))?;
         let mut b = WriteBatch::default();
@@ -692,6 +694,7 @@ impl Engine {
                 return st
                     .open
                     .buf
+                    .bytes()
                     .get(off..off + len)
                     .map(<[u8]>::to_vec)
                     .ok_or_else(|| {

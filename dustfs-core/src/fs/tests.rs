@@ -1671,3 +1671,33 @@ fn a_queued_block_whose_local_copy_is_damaged_before_enough_shards_left_is_lost_
     let ino_b = t.file("b", &b);
     t.assert_reads_back_from_suppliers(ino_b, &b);
 }
+
+/// The open block's buffer keeps its memory across blocks; what it hands out is only the
+/// current block's bytes, however much longer an earlier block was.
+#[test]
+fn the_open_buffer_holds_exactly_the_current_blocks_bytes() {
+    let mut b = super::OpenBuf::default();
+    b.extend_from_slice(&[1; 100]);
+    let room = b.room(50);
+    assert_eq!(room.len(), 50);
+    room.copy_from_slice(&[2; 50]);
+    b.grow(50);
+    assert_eq!(b.len(), 150);
+    assert_eq!(&b.bytes()[..100], &[1; 100][..]);
+    assert_eq!(&b.bytes()[100..], &[2; 50][..]);
+    // The next block: shorter, over the same memory.
+    b.clear();
+    assert!(b.is_empty() && b.bytes().is_empty());
+    b.extend_from_slice(&[3; 10]);
+    assert_eq!(b.bytes(), &[3; 10][..]);
+    b.truncate(4);
+    assert_eq!(b.bytes(), &[3; 4][..]);
+    // Room past the old high-water mark grows the buffer; bytes not added stay out.
+    b.room(500).fill(4);
+    assert_eq!(b.bytes(), &[3; 4][..]);
+    b.grow(500);
+    assert_eq!(b.len(), 504);
+    assert_eq!(&b.bytes()[4..], &[4; 500][..]);
+    let from = super::OpenBuf::from_vec(vec![9; 7]);
+    assert_eq!(from.bytes(), &[9; 7][..]);
+}
