@@ -352,6 +352,8 @@ impl Engine {
         cfg: EngineConfig,
         store: Arc<dyn ShardStore>,
     ) -> FsResult<Arc<Self>> {
+        // Before anything is read or written: the cipher works and is the one blocks use.
+        crate::seal::self_test()?;
         let db = db::open(dir)?;
         let meta = db::handle(&db, cf::META);
         let counter = |k: &[u8], default: u64| -> FsResult<u64> {
