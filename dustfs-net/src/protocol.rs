@@ -604,15 +604,15 @@ const POOLED_FRAME_MAX: usize = 4 << 20;
 static FRAME_POOL: FramePool = FramePool::new();
 
 /// A bounded set of reusable frame buffers (see [`FRAME_POOL`]).
-struct FramePool(std::sync::Mutex<Vec<Vec<u8>>>);
+pub(crate) struct FramePool(std::sync::Mutex<Vec<Vec<u8>>>);
 
 impl FramePool {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self(std::sync::Mutex::new(Vec::new()))
     }
 
     /// A buffer of exactly `len` bytes for a frame about to be read over it.
-    fn take(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
         if len < POOLED_FRAME_MIN {
             return vec![0u8; len];
         }
@@ -628,7 +628,7 @@ impl FramePool {
     }
 
     /// Keeps `buf` for a later large frame, within the pool's bounds.
-    fn put(&self, buf: Vec<u8>) {
+    pub(crate) fn put(&self, buf: Vec<u8>) {
         if buf.len() < POOLED_FRAME_MIN || buf.capacity() > POOLED_FRAME_MAX {
             return;
         }
