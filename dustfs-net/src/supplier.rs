@@ -663,7 +663,8 @@ static DIRECT_BUFS: crate::protocol::FramePool = crate::protocol::FramePool::new
 /// through the page cache: a profile of a 512 MiB copy onto a local testnet had the
 /// suppliers' copies into new page-cache pages (`copy_folio_from_iter_atomic`) at 10% of all
 /// CPU samples, for pages that were dropped again right after the fsync. A filesystem without
-/// `O_DIRECT` (tmpfs) refuses it with EINVAL; then the whole file goes through the page cache.
+/// `O_DIRECT` refuses it with EINVAL (tmpfs did before Linux 6.6); then the whole file goes
+/// through the page cache.
 fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<fs::File> {
     if bytes.len() >= DIRECT_MIN {
         match write_direct(path, bytes) {
