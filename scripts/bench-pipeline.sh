@@ -3,9 +3,10 @@
 # mean for the "per core" target: the pipeline's throughput, its slowest primitive
 # (XChaCha20-Poly1305), and the most any one-core pipeline built from these passes could do:
 # every byte goes through FastCDC, keyed BLAKE3 (chunk id), XChaCha20-Poly1305 (as dustfs runs
-# it: HChaCha20 + ring's ChaCha20-Poly1305, seal.rs; the chacha20poly1305 crate's own, which
+# it: HChaCha20 + OpenSSL's ChaCha20-Poly1305, seal.rs; the chacha20poly1305 crate's own, which
 # issue 8 names as the reference, is printed beside it) and the block's
-# erasure encode (which includes BLAKE3 of every shard, the shard ids audits prove against),
+# erasure encode as a block is sealed (parity, and BLAKE3 of every shard: the shard ids audits
+# prove against; the data shards stay slices of the block, uploaded from its file),
 # so on one core the times per byte add up: 1 / (1/cdc + 1/blake3 + 1/xchacha + 1/encode).
 # The read side (verify shards, join or rebuild the block, open the chunks) is printed after.
 # Usage: scripts/bench-pipeline.sh   (builds with optimisations; about three minutes)

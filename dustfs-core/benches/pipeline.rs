@@ -41,7 +41,7 @@ fn primitives(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
-    // The same cipher as dustfs seals with (HChaCha20 + ring's ChaCha20-Poly1305, seal.rs).
+    // The same cipher as dustfs seals with (HChaCha20 + OpenSSL's ChaCha20-Poly1305, seal.rs).
     g.bench_function("xchacha20poly1305_seal_into", |b| {
         let mut out = Vec::with_capacity((1 << 20) + seal::SEAL_OVERHEAD);
         let id = ChunkId([3u8; 32]);
@@ -55,12 +55,13 @@ fn primitives(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    // The erasure code as a block is sealed: all shard ids, the parity's bytes.
     g.bench_function("reed_solomon_4+2", |b| {
         b.iter(|| {
             d.chunks(BLOCK)
                 .map(|blk| {
-                    erasure::encode(Redundancy::default(), blk)
-                        .map(|s| s.len())
+                    erasure::encode_parity(Redundancy::default(), blk)
+                        .map(|e| e.ids.len())
                         .unwrap_or(0)
                 })
                 .sum::<usize>()
@@ -78,7 +79,8 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| {
             // As the engine does it: each chunk found, hashed and sealed straight into the
             // open block (a buffer that keeps its length: `len` bytes are the block) before
-            // the next is cut.
+            // the next is cut; a full block is erasure-coded into its shard ids and parity
+            // (its data shards are slices of the block, read from its file when uploaded).
             let mut block = vec![0u8; BLOCK];
             let mut len = 0;
             let mut shards = 0;
@@ -86,8 +88,8 @@ fn pipeline(c: &mut Criterion) {
                 let p = &d[o..o + l];
                 let id = ChunkId::of(&[1; 32], p);
                 if len + l + seal::SEAL_OVERHEAD > BLOCK && len > 0 {
-                    shards += erasure::encode(Redundancy::default(), &block[..len])
-                        .map(|s| s.len())
+                    shards += erasure::encode_parity(Redundancy::default(), &block[..len])
+                        .map(|e| e.ids.len())
                         .unwrap_or(0);
                     len = 0;
                 }
@@ -99,8 +101,8 @@ fn pipeline(c: &mut Criterion) {
                 len += n;
             }
             shards
-                + erasure::encode(Redundancy::default(), &block[..len])
-                    .map(|s| s.len())
+                + erasure::encode_parity(Redundancy::default(), &block[..len])
+                    .map(|e| e.ids.len())
                     .unwrap_or(0)
         })
     });

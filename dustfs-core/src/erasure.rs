@@ -67,54 +67,122 @@ fn codec(r: Redundancy) -> Result<ReedSolomon, ErasureError> {
         .map_err(|_| ErasureError::Params { k: r.k, m: r.m })
 }
 
-/// Encodes a block into k+m shards (full shard bytes with header) and their ids.
-///
-/// Each shard is built in place: a data shard is its header and one copy of its part of the
-/// block; parity is computed straight into the parity shards' payloads (a profile of the
-/// pipeline benchmark showed the earlier version copying every byte two and a half times).
-pub fn encode(r: Redundancy, block: &[u8]) -> Result<Vec<(ShardId, Vec<u8>)>, ErasureError> {
+/// Payload bytes per shard of a block of `len` bytes: ceil(len / k), at least 1.
+pub fn shard_size(r: Redundancy, len: usize) -> usize {
+    len.div_ceil((r.k as usize).max(1)).max(1)
+}
+
+/// Shard `i`'s header, for a block of `len` bytes.
+pub fn shard_header(r: Redundancy, len: usize, i: usize) -> [u8; HEADER_LEN] {
+    shard::header(
+        ShardHeader {
+            k: r.k,
+            m: r.m,
+            index: i as u8,
+            block_len: len as u32,
+        },
+        shard_size(r, len),
+    )
+}
+
+/// The bytes of a block of `len` bytes that data shard `i` holds; the shard's payload is
+/// these followed by zeros up to [`shard_size`] (past the block's end the range is empty).
+pub fn data_range(r: Redundancy, len: usize, i: usize) -> std::ops::Range<usize> {
+    let size = shard_size(r, len);
+    (i * size).min(len)..((i + 1) * size).min(len)
+}
+
+/// Data shard `i` of a block, whole: its header, its part of the block, zero padding.
+pub fn data_shard(r: Redundancy, block: &[u8], i: usize) -> Vec<u8> {
+    let size = shard_size(r, block.len());
+    let mut s = Vec::with_capacity(HEADER_LEN + size);
+    s.extend_from_slice(&shard_header(r, block.len(), i));
+    s.extend_from_slice(&block[data_range(r, block.len(), i)]);
+    s.resize(HEADER_LEN + size, 0);
+    s
+}
+
+/// The m parity shards, whole (header and payload), of a block of `len` bytes from its k data
+/// shards' payloads ([`shard_size`] bytes each). Parity is computed straight into the parity
+/// shards' payloads.
+pub fn parity(r: Redundancy, len: usize, data: &[&[u8]]) -> Result<Vec<Vec<u8>>, ErasureError> {
     let k = r.k as usize;
     let rs = codec(r)?;
-    let size = block.len().div_ceil(k).max(1);
-    let head = |i: usize| {
-        shard::header(
-            ShardHeader {
-                k: r.k,
-                m: r.m,
-                index: i as u8,
-                block_len: block.len() as u32,
-            },
-            size,
-        )
-    };
-    let mut shards: Vec<Vec<u8>> = (0..k)
-        .map(|i| {
-            let start = (i * size).min(block.len());
-            let end = ((i + 1) * size).min(block.len());
-            let mut s = Vec::with_capacity(HEADER_LEN + size);
-            s.extend_from_slice(&head(i));
-            s.extend_from_slice(&block[start..end]);
-            s.resize(HEADER_LEN + size, 0);
-            s
-        })
-        .collect();
-    // reed-solomon-erasure needs at least one parity shard; with m = 0 we drop it afterwards.
-    let mut parity: Vec<Vec<u8>> = (k..k + r.m.max(1) as usize)
+    if r.m == 0 {
+        return Ok(Vec::new());
+    }
+    let size = shard_size(r, len);
+    if data.len() != k || data.iter().any(|d| d.len() != size) {
+        return Err(ErasureError::Codec(
+            reed_solomon_erasure::Error::IncorrectShardSize,
+        ));
+    }
+    let mut parity: Vec<Vec<u8>> = (k..r.total())
         .map(|i| {
             let mut s = vec![0u8; HEADER_LEN + size];
-            s[..HEADER_LEN].copy_from_slice(&head(i));
+            s[..HEADER_LEN].copy_from_slice(&shard_header(r, len, i));
             s
         })
         .collect();
-    {
-        let data: Vec<&[u8]> = shards.iter().map(|s| &s[HEADER_LEN..]).collect();
-        let mut out: Vec<&mut [u8]> = parity.iter_mut().map(|s| &mut s[HEADER_LEN..]).collect();
-        rs.encode_sep(&data, &mut out)
-            .map_err(ErasureError::Codec)?;
-    }
-    shards.extend(parity);
-    shards.truncate(r.total());
-    Ok(shards.into_iter().map(|s| (ShardId::of(&s), s)).collect())
+    let mut out: Vec<&mut [u8]> = parity.iter_mut().map(|s| &mut s[HEADER_LEN..]).collect();
+    rs.encode_sep(data, &mut out).map_err(ErasureError::Codec)?;
+    Ok(parity)
+}
+
+/// A block's erasure code as the engine keeps it when it seals a block: the ids of all k+m
+/// shards and the parity shards' bytes. The data shards' bytes are not made: they are plain
+/// slices of the block ([`data_shard`]), which stays in its file until it is uploaded.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The ids of the k data shards, then of the m parity shards.
+    pub ids: Vec<ShardId>,
+    /// The m parity shards, whole.
+    pub parity: Vec<Vec<u8>>,
+}
+
+/// Erasure-codes a block without copying it into data shards: each data shard is hashed
+/// (header, its slice of the block, padding) where it lies, and only the last, short one is
+/// copied to be padded. Profile of the pipeline benchmark before this (issue 8 note): the copy
+/// of the data shards out of the block was 10% of the write side's samples.
+pub fn encode_parity(r: Redundancy, block: &[u8]) -> Result<Encoded, ErasureError> {
+    let (k, len) = (r.k as usize, block.len());
+    let size = shard_size(r, len);
+    let payloads: Vec<std::borrow::Cow<'_, [u8]>> = (0..k)
+        .map(|i| {
+            let part = &block[data_range(r, len, i)];
+            if part.len() == size {
+                std::borrow::Cow::Borrowed(part)
+            } else {
+                let mut padded = Vec::with_capacity(size);
+                padded.extend_from_slice(part);
+                padded.resize(size, 0);
+                std::borrow::Cow::Owned(padded)
+            }
+        })
+        .collect();
+    let mut ids: Vec<ShardId> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut h = blake3::Hasher::new();
+            h.update(&shard_header(r, len, i));
+            h.update(p);
+            ShardId(*h.finalize().as_bytes())
+        })
+        .collect();
+    let data: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    let parity = parity(r, len, &data)?;
+    ids.extend(parity.iter().map(|s| ShardId::of(s)));
+    Ok(Encoded { ids, parity })
+}
+
+/// Encodes a block into k+m shards (full shard bytes with header) and their ids.
+pub fn encode(r: Redundancy, block: &[u8]) -> Result<Vec<(ShardId, Vec<u8>)>, ErasureError> {
+    let e = encode_parity(r, block)?;
+    let shards = (0..r.k as usize)
+        .map(|i| data_shard(r, block, i))
+        .chain(e.parity);
+    Ok(e.ids.into_iter().zip(shards).collect())
 }
 
 /// Rebuilds a block from any k of its shards (payloads, by index; `None` = missing).
@@ -300,6 +368,49 @@ mod tests {
             prop_assert_eq!(parts.slice(a, b), Some(block[a..a + b].to_vec()));
             prop_assert_eq!(parts.slice(a, block.len() - a + 1), None);
         }
+    }
+
+    proptest! {
+        /// What the engine keeps when it seals a block (ids, parity) and what it builds at
+        /// upload (data shards from the block, parity again from them) are the same bytes
+        /// and ids as the whole encode, for any redundancy and length.
+        #[test]
+        fn parity_and_data_shards_built_apart_match_the_whole_encode(
+            block in proptest::collection::vec(any::<u8>(), 0..3000),
+            k in 1u8..6, m in 0u8..4,
+        ) {
+            let r = Redundancy { k, m };
+            let whole = encode(r, &block).unwrap();
+            prop_assert_eq!(whole.len(), r.total());
+            for (id, bytes) in &whole {
+                prop_assert_eq!(*id, ShardId::of(bytes));
+            }
+            let e = encode_parity(r, &block).unwrap();
+            let ids: Vec<ShardId> = whole.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(&e.ids, &ids);
+            let data: Vec<Vec<u8>> = (0..k as usize).map(|i| data_shard(r, &block, i)).collect();
+            let payloads: Vec<&[u8]> = data.iter().map(|d| &d[HEADER_LEN..]).collect();
+            let again = parity(r, block.len(), &payloads).unwrap();
+            let k = k as usize;
+            for (i, d) in data.iter().enumerate() {
+                prop_assert_eq!(d, &whole[i].1);
+            }
+            prop_assert_eq!(again.len(), m as usize);
+            prop_assert_eq!(e.parity.len(), m as usize);
+            for (j, (a, p)) in again.iter().zip(&e.parity).enumerate() {
+                prop_assert_eq!(a, &whole[k + j].1);
+                prop_assert_eq!(p, &whole[k + j].1);
+            }
+        }
+    }
+
+    #[test]
+    fn parity_of_shards_of_the_wrong_size_is_refused() {
+        let r = Redundancy::default();
+        let short = [0u8; 3];
+        assert!(parity(r, 16, &[&short[..]; 4]).is_err());
+        assert!(parity(r, 16, &[&[0u8; 4][..]; 3]).is_err());
+        assert_eq!(parity(r, 16, &[&[0u8; 4][..]; 4]).unwrap().len(), 2);
     }
 
     #[test]

@@ -224,6 +224,13 @@ impl ShardStore for MemStore {
         if g.offline.contains(supplier) {
             return Err(StoreError::Unreachable(supplier.clone()));
         }
+        // As a real supplier does (dustfs-net's `supplier.rs`): bytes that are not the shard
+        // they are sent as are refused.
+        if ShardId::of(bytes) != *id {
+            return Err(StoreError::Refused(
+                "shard content does not match its id".into(),
+            ));
+        }
         let quota = g.quota.get(supplier).copied().unwrap_or(0);
         let m = g.shards.entry(supplier.clone()).or_default();
         let used: usize = m.values().map(Vec::len).sum();

@@ -1490,6 +1490,84 @@ fn queued_shards_not_kept_in_memory_are_encoded_again_from_their_block() {
     assert_eq!(t.read_all(ino), data);
 }
 
+/// A block this process sealed keeps only its parity in memory; when that is not kept either,
+/// the uploader builds every shard from the block's file without hashing it again, and what
+/// reaches the suppliers is exactly the recorded shards (the store refuses any other bytes).
+#[test]
+fn shards_of_blocks_sealed_here_are_built_from_their_files() {
+    let t = setup(6, usize::MAX);
+    let data = random(24 << 20, 26);
+    let ino = t.file("a", &data);
+    t.fs.seal_all().unwrap();
+    let blocks = t.fs.status().unwrap().blocks.values().sum::<u64>();
+    {
+        let mut staged = lock(&t.fs.staged);
+        // Parity only: 2 of 6 shards of each block.
+        assert_eq!(staged.shards.len() as u64, 2 * blocks);
+        assert!(staged.shards.keys().all(|&(_, i)| i >= 4));
+        let own = std::mem::take(&mut staged.own);
+        assert_eq!(own.len() as u64, blocks);
+        *staged = blocks::Staged::default();
+        staged.own = own;
+    }
+    let own: Vec<u64> = lock(&t.fs.staged).own.iter().copied().collect();
+    for no in own {
+        let rec = t.fs.block_record(no).unwrap().unwrap();
+        let all: Vec<usize> = (0..rec.shards.len()).collect();
+        let shards = t.fs.queued_shards(no, &all, &rec).unwrap();
+        assert_eq!(shards.len(), rec.shards.len());
+        for (i, bytes) in shards {
+            assert_eq!(
+                crate::shard::ShardId::of(&bytes),
+                rec.shards[i].id,
+                "block {no} shard {i}"
+            );
+        }
+        // Built from the file, not by the path that checks it against the record.
+        assert!(lock(&t.fs.staged).own.contains(&no));
+    }
+    t.sync();
+    t.assert_all_healthy();
+    assert!(
+        lock(&t.fs.staged).own.is_empty(),
+        "uploaded blocks are forgotten"
+    );
+    t.fs.cache_drop().unwrap();
+    assert_eq!(t.read_all(ino), data);
+}
+
+/// A block file that changed under the engine after it was sealed: the supplier refuses the
+/// shards built from it, the block is then checked against its record, and it is declared
+/// lost (its only full copy is damaged) instead of other bytes being stored as its shards.
+#[test]
+fn a_block_file_changed_after_sealing_is_not_uploaded_as_its_shards() {
+    let t = setup(6, usize::MAX);
+    let data = random(3 << 20, 27);
+    t.file("a", &data);
+    t.fs.seal_all().unwrap();
+    let no = *lock(&t.fs.staged).own.iter().next().unwrap();
+    {
+        let mut staged = lock(&t.fs.staged);
+        let own = std::mem::take(&mut staged.own);
+        *staged = blocks::Staged::default();
+        staged.own = own;
+    }
+    let path = t.fs.cache_path(no);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    for _ in 0..20 {
+        if t.fs.pending().unwrap().0 == 0 {
+            break;
+        }
+        t.fs.upload_round().unwrap();
+    }
+    assert!(!lock(&t.fs.staged).own.contains(&no));
+    let st = t.fs.status().unwrap();
+    assert_eq!(st.queued_shards, 0, "{st:?}");
+    assert_eq!(st.blocks.get("lost"), Some(&1), "{st:?}");
+}
+
 #[test]
 fn dirty_writes_kept_in_the_database_by_earlier_versions_are_moved_into_files() {
     let mut t = setup(6, usize::MAX);
