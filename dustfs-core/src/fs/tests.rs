@@ -1490,6 +1490,15 @@ fn queued_shards_not_kept_in_memory_are_encoded_again_from_their_block() {
     assert_eq!(t.read_all(ino), data);
 }
 
+/// Drops the shards kept in memory for the uploader (as when they did not fit), keeping the
+/// record of which blocks' files this process wrote.
+fn forget_staged_shards(t: &T) {
+    let mut staged = lock(&t.fs.staged);
+    let own = std::mem::take(&mut staged.own);
+    *staged = blocks::Staged::default();
+    staged.own = own;
+}
+
 /// A block this process sealed keeps only its parity in memory; when that is not kept either,
 /// the uploader builds every shard from the block's file without hashing it again, and what
 /// reaches the suppliers is exactly the recorded shards (the store refuses any other bytes).
@@ -1501,15 +1510,13 @@ fn shards_of_blocks_sealed_here_are_built_from_their_files() {
     t.fs.seal_all().unwrap();
     let blocks = t.fs.status().unwrap().blocks.values().sum::<u64>();
     {
-        let mut staged = lock(&t.fs.staged);
+        let staged = lock(&t.fs.staged);
         // Parity only: 2 of 6 shards of each block.
         assert_eq!(staged.shards.len() as u64, 2 * blocks);
         assert!(staged.shards.keys().all(|&(_, i)| i >= 4));
-        let own = std::mem::take(&mut staged.own);
-        assert_eq!(own.len() as u64, blocks);
-        *staged = blocks::Staged::default();
-        staged.own = own;
+        assert_eq!(staged.own.len() as u64, blocks);
     }
+    forget_staged_shards(&t);
     let own: Vec<u64> = lock(&t.fs.staged).own.iter().copied().collect();
     for no in own {
         let rec = t.fs.block_record(no).unwrap().unwrap();
@@ -1546,12 +1553,7 @@ fn a_block_file_changed_after_sealing_is_not_uploaded_as_its_shards() {
     t.file("a", &data);
     t.fs.seal_all().unwrap();
     let no = *lock(&t.fs.staged).own.iter().next().unwrap();
-    {
-        let mut staged = lock(&t.fs.staged);
-        let own = std::mem::take(&mut staged.own);
-        *staged = blocks::Staged::default();
-        staged.own = own;
-    }
+    forget_staged_shards(&t);
     let path = t.fs.cache_path(no);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 1;
