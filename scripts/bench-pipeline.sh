@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # glibc returns freed multi-MiB buffers to the kernel (heap trim, mmap threshold), so a
-# primitive run alone, which frees every block's 12 MiB of shards before encoding the next,
+# primitive run alone, which frees every block's shards before encoding the next,
 # paid for fresh zeroed pages each time: reed_solomon_4+2 measured 0.36-0.41 GiB/s, most of it
 # in page faults (perf), against 0.81-0.91 with these thresholds. The pipeline itself ran
 # the same either way (0.27-0.32 GiB/s), and so did the mount (earlier mallopt trial, issue 8
