@@ -658,7 +658,11 @@ impl Node {
 type PendingGet = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
 
 /// A response frame, the peer and the channel it answers.
-type Answer = (PeerId, ResponseChannel<crate::protocol::Frame>, Vec<u8>);
+type Answer = (
+    PeerId,
+    ResponseChannel<crate::protocol::Frame>,
+    crate::protocol::Frame,
+);
 
 struct Task {
     swarm: libp2p::Swarm<Behaviour>,
@@ -742,7 +746,7 @@ impl Task {
                     if let Some(b) = self.budgets.get_mut(&peer) {
                         b.in_flight = b.in_flight.saturating_sub(1);
                     }
-                    if self.swarm.behaviour_mut().rr.send_response(channel, frame.into()).is_err() {
+                    if self.swarm.behaviour_mut().rr.send_response(channel, frame).is_err() {
                         debug!("response channel closed before the answer was ready");
                     }
                 }
@@ -1180,6 +1184,7 @@ impl Task {
                             crate::protocol::encode_response(&crate::protocol::Response::Error(
                                 crate::protocol::WireError::Internal("handler failed".into()),
                             ))
+                            .into()
                         }
                     };
                     // Always answered, so the peer's in-flight count goes down again.

@@ -436,7 +436,11 @@ static SHARD_TAG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
 /// own that encoding then copies (the copy and the new buffer's page faults were 4% of the
 /// machine's CPU in a profile of a cold 512 MiB read, issue 8 note).
 pub fn shard_frame_head(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SHARD_TAG.len() + 10 + len);
+    shard_frame_head_in(Vec::with_capacity(SHARD_TAG.len() + 10 + len), len)
+}
+
+/// [`shard_frame_head`] appended to `out`, without room for the bytes.
+pub fn shard_frame_head_in(mut out: Vec<u8>, len: usize) -> Vec<u8> {
     out.extend_from_slice(&SHARD_TAG);
     match postcard::to_extend(&len, out) {
         Ok(o) => o,
@@ -475,13 +479,42 @@ pub fn encode_store(env: &Envelope, data: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frame {
     head: Vec<u8>,
+    /// Bytes at the start of `head` that are not part of the frame: a supplier reads a shard
+    /// with `O_DIRECT` to an aligned place in its answer's buffer ([`Frame::answer`]).
+    skip: usize,
     body: Option<Arc<Vec<u8>>>,
+    /// `head` goes back to [`ANSWER_POOL`] when the frame is dropped (once it is sent).
+    recycle: bool,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if self.recycle {
+            ANSWER_POOL.put(std::mem::take(&mut self.head));
+        }
+    }
 }
 
 impl Frame {
+    /// A frame of the bytes of `buf` past its first `skip` (none if `skip` is past its end);
+    /// `buf` came from [`ANSWER_POOL`] and goes back to it once the frame is dropped.
+    pub(crate) fn answer(buf: Vec<u8>, skip: usize) -> Self {
+        Self {
+            skip: skip.min(buf.len()),
+            head: buf,
+            body: None,
+            recycle: true,
+        }
+    }
+
+    /// The frame's bytes before its body.
+    fn head(&self) -> &[u8] {
+        self.head.get(self.skip..).unwrap_or_default()
+    }
+
     /// The frame's length in bytes.
     pub fn len(&self) -> usize {
-        self.head.len() + self.body.as_ref().map_or(0, |b| b.len())
+        self.head().len() + self.body.as_ref().map_or(0, |b| b.len())
     }
 
     /// Whether the frame is empty.
@@ -490,9 +523,11 @@ impl Frame {
     }
 
     /// The frame's bytes in one buffer (a received frame is one already: no copy).
-    pub fn into_vec(self) -> Vec<u8> {
-        let mut head = self.head;
-        if let Some(b) = self.body {
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.recycle = false;
+        let mut head = std::mem::take(&mut self.head);
+        head.drain(..self.skip);
+        if let Some(b) = self.body.take() {
             head.extend_from_slice(&b);
         }
         head
@@ -501,7 +536,12 @@ impl Frame {
 
 impl From<Vec<u8>> for Frame {
     fn from(head: Vec<u8>) -> Self {
-        Self { head, body: None }
+        Self {
+            head,
+            skip: 0,
+            body: None,
+            recycle: false,
+        }
     }
 }
 
@@ -517,7 +557,9 @@ pub fn store_frame(env: &Envelope, data: Arc<Vec<u8>>) -> Frame {
     };
     Frame {
         head,
+        skip: 0,
         body: Some(data),
+        recycle: false,
     }
 }
 
@@ -557,11 +599,11 @@ pub fn decode_response_owned(mut frame: Vec<u8>) -> Result<Response, WireError> 
 /// [`decode_response_owned`] of a frame as [`FrameCodec`] reads it: a shard answer arrives with
 /// its bytes already in a buffer of their own (the body), which becomes the answer as it is.
 /// Any frame decodes to the same answer as with [`decode_response`] (proptest).
-pub fn decode_response_frame(frame: Frame) -> Result<Response, WireError> {
+pub fn decode_response_frame(mut frame: Frame) -> Result<Response, WireError> {
     if let Some(body) = &frame.body
-        && frame.head == shard_frame_head(body.len())
+        && frame.head() == shard_frame_head(body.len())
     {
-        let body = frame.body.unwrap_or_default();
+        let body = frame.body.take().unwrap_or_default();
         return Ok(Response::Shard(
             Arc::try_unwrap(body).unwrap_or_else(|b| b.as_ref().clone()),
         ));
@@ -639,6 +681,12 @@ impl FramePool {
     }
 }
 
+/// Buffers of suppliers' whole-shard answers (read with `O_DIRECT` into them, see
+/// `supplier::shard_answer_direct`), back from each answer once it is sent: a new buffer for
+/// every answer was zeroed by `calloc` or faulted in page by page (the suppliers' `memset`
+/// 1.7% of a cold read's CPU samples). Bounded as [`FRAME_POOL`] is.
+pub(crate) static ANSWER_POOL: FramePool = FramePool::new();
+
 /// Hands a request frame's buffer back for the next large frame (see [`FRAME_POOL`]).
 pub fn recycle_frame(buf: Vec<u8>) {
     FRAME_POOL.put(buf);
@@ -685,7 +733,9 @@ pub async fn read_response_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io:
             io.read_exact(&mut body).await?;
             return Ok(Frame {
                 head,
+                skip: 0,
                 body: Some(Arc::new(body)),
+                recycle: false,
             });
         }
     }
@@ -744,7 +794,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     {
         write_frame(
             io,
-            &req.head,
+            req.head(),
             req.body.as_deref().map_or(&[], Vec::as_slice),
         )
         .await
@@ -761,7 +811,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     {
         write_frame(
             io,
-            &res.head,
+            res.head(),
             res.body.as_deref().map_or(&[], Vec::as_slice),
         )
         .await
