@@ -671,9 +671,10 @@ fn internal(e: std::io::Error) -> WireError {
 /// twice), in a profile of a cold 512 MiB read (`CALLGRAPH=dwarf scripts/profile.sh read`)
 /// the suppliers' `filemap_read` was 4.7% of all CPU samples. A shard just written is not in
 /// the page cache anyway (its pages are dropped after the fsync, see [`write_new`]). Measured
-/// against the build before, 6 alternated pairs of `scripts/profile.sh read 512`: faster in 5
-/// (390-424 vs 363-409 MiB/s in the second set of 3), 4.40-4.70 vs 4.52-5.34 CPU s/GiB. EINVAL
-/// (a filesystem without `O_DIRECT`) sends the caller to the page cache.
+/// against the build before, 9 alternated pairs of `scripts/profile.sh read 512` in three
+/// sets: faster in 6 (the quietest set, 390-424 vs 363-409 MiB/s, 4.40-4.70 vs 4.52-5.34 CPU
+/// s/GiB, every pair). EINVAL (a filesystem without `O_DIRECT`) sends the caller to the page
+/// cache.
 fn shard_answer_direct(path: &Path) -> std::io::Result<Frame> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = fs::OpenOptions::new()
