@@ -24,6 +24,7 @@ use std::io;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dustfs_core::pool::BufPool;
 use dustfs_core::shard::ShardId;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -628,64 +629,22 @@ async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> 
     Ok(len)
 }
 
-/// Request frames at least this long (shards being stored) get their buffer from
-/// [`FRAME_POOL`]; smaller ones are allocated as they come.
-const POOLED_FRAME_MIN: usize = 64 << 10;
-/// Buffers [`FRAME_POOL`] keeps, and the largest one it keeps (a 2 MiB shard's request is a
-/// little over 2 MiB; frames up to [`MAX_FRAME`] are still read, into new buffers).
-const POOLED_FRAMES: usize = 4;
-const POOLED_FRAME_MAX: usize = 4 << 20;
-
 /// Buffers of large request frames, handed back by the node once the request is handled
 /// ([`recycle_frame`]) and read over by the next one. A new `vec![0; len]` for every stored
 /// shard was zeroed by `memset` and often faulted in page by page: in a profile of a 512 MiB
 /// copy (`scripts/profile.sh write`) the suppliers' `memset` was 1.45% of all CPU samples,
-/// `read_frame` the part of it that dustfs owns (the rest is in yamux and Noise). At most
-/// [`POOLED_FRAMES`] buffers of [`POOLED_FRAME_MAX`] bytes (16 MiB) per node. A reused buffer's old bytes are never seen: a frame is handed on only
-/// once `read_exact` has filled all of it, and a failed read drops its buffer.
-static FRAME_POOL: FramePool = FramePool::new();
-
-/// A bounded set of reusable frame buffers (see [`FRAME_POOL`]).
-pub(crate) struct FramePool(std::sync::Mutex<Vec<Vec<u8>>>);
-
-impl FramePool {
-    pub(crate) const fn new() -> Self {
-        Self(std::sync::Mutex::new(Vec::new()))
-    }
-
-    /// A buffer of exactly `len` bytes for a frame about to be read over it.
-    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        if len < POOLED_FRAME_MIN {
-            return vec![0u8; len];
-        }
-        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match reused {
-            Some(mut b) => {
-                // Only what the buffer lacks is zeroed (nothing, for frames of one shard size).
-                b.resize(len, 0);
-                b
-            }
-            None => vec![0u8; len],
-        }
-    }
-
-    /// Keeps `buf` for a later large frame, within the pool's bounds.
-    pub(crate) fn put(&self, buf: Vec<u8>) {
-        if buf.len() < POOLED_FRAME_MIN || buf.capacity() > POOLED_FRAME_MAX {
-            return;
-        }
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOLED_FRAMES {
-            pool.push(buf);
-        }
-    }
-}
+/// `read_frame` the part of it that dustfs owns (the rest is in yamux and Noise). Frames of at
+/// least 64 KiB (shards being stored) come from it; at most 4 buffers of at most 4 MiB (a 2
+/// MiB shard's request is a little over 2 MiB; frames up to [`MAX_FRAME`] are still read,
+/// into new buffers), 16 MiB per node. A reused buffer's old bytes are never seen: a frame is
+/// handed on only once `read_exact` has filled all of it, and a failed read drops its buffer.
+static FRAME_POOL: BufPool = BufPool::new(4, 64 << 10, 4 << 20);
 
 /// Buffers of suppliers' whole-shard answers (read with `O_DIRECT` into them, see
 /// `supplier::shard_answer_direct`), back from each answer once it is sent: a new buffer for
 /// every answer was zeroed by `calloc` or faulted in page by page (the suppliers' `memset`
 /// 1.7% of a cold read's CPU samples). Bounded as [`FRAME_POOL`] is.
-pub(crate) static ANSWER_POOL: FramePool = FramePool::new();
+pub(crate) static ANSWER_POOL: BufPool = BufPool::new(4, 64 << 10, 4 << 20);
 
 /// Hands a request frame's buffer back for the next large frame (see [`FRAME_POOL`]).
 pub fn recycle_frame(buf: Vec<u8>) {
@@ -699,7 +658,7 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
 /// [`read_frame`] over a buffer from `pool`.
 async fn read_frame_in<T: AsyncRead + Unpin + Send>(
     io: &mut T,
-    pool: &FramePool,
+    pool: &BufPool,
 ) -> io::Result<Vec<u8>> {
     let len = read_len(io).await?;
     let mut buf = pool.take(len);
@@ -830,7 +789,7 @@ mod tests {
     #[test]
     fn a_frame_read_over_a_reused_buffer_holds_exactly_its_own_bytes() {
         // A pool of this test's own: the nodes of other tests share the process's.
-        let pool = FramePool::new();
+        let pool = BufPool::new(4, 64 << 10, 4 << 20);
         let read = |frame: &[u8]| {
             let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
             wire.extend_from_slice(frame);
@@ -858,7 +817,7 @@ mod tests {
             futures::executor::block_on(read_frame_in(&mut futures::io::Cursor::new(wire), &pool))
                 .is_err()
         );
-        assert!(pool.0.lock().unwrap().is_empty());
+        assert!(pool.is_empty());
         // Small frames bypass the pool; it keeps a bounded number of bounded buffers.
         assert!(read(&[5; 100]).unwrap() == [5; 100]);
         for _ in 0..10 {
@@ -866,9 +825,7 @@ mod tests {
         }
         pool.put(vec![0; 8 << 20]);
         pool.put(vec![0; 100]);
-        let kept = pool.0.lock().unwrap();
-        assert_eq!(kept.len(), POOLED_FRAMES);
-        assert!(kept.iter().all(|b| b.capacity() <= POOLED_FRAME_MAX));
+        assert_eq!(pool.len(), 4);
     }
 
     /// A frame as the codec reads it from a stream (its length first).

@@ -730,7 +730,8 @@ const DIRECT_MIN: usize = 256 << 10;
 /// requirement is at most this).
 const DIRECT_ALIGN: usize = 4096;
 /// Aligned copies of shards on their way to `O_DIRECT` writes, reused (at most 4 of 4 MiB).
-static DIRECT_BUFS: crate::protocol::FramePool = crate::protocol::FramePool::new();
+static DIRECT_BUFS: dustfs_core::pool::BufPool =
+    dustfs_core::pool::BufPool::new(4, 64 << 10, 4 << 20);
 
 /// Creates `path` holding `bytes` (not yet synced). A shard's bytes go to the disk with
 /// `O_DIRECT` from a reused aligned buffer, all but the last partial page, which is written

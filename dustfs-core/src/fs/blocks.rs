@@ -19,6 +19,7 @@ use crate::chunk::ChunkId;
 use crate::db::{self, cf};
 use crate::erasure;
 use crate::fsm::block::{BlockEvent, BlockState, next};
+use crate::pool::BufPool;
 use crate::shard::{self, ShardId};
 use crate::store::{StoreError, SupplierId};
 
@@ -40,28 +41,12 @@ const SUSPECT_FOR: Duration = Duration::from_secs(5);
 /// over 4 MiB; memory those rounds had in use anyway. Emptied when a round finds nothing
 /// queued (a mount that went on to read had 244 instead of 202 MiB at its peak in
 /// `scripts/bench.sh` while they stayed).
-static SEND_BUFS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-const SEND_BUFS_MAX: usize = UPLOAD_ROUNDS * ROUND_BYTES / (2 << 20);
-const SEND_BUF_MAX_BYTES: usize = 4 << 20;
-
-/// An empty buffer with room for `n` bytes, reused if one was given back.
-fn send_buf(n: usize) -> Vec<u8> {
-    let reused = SEND_BUFS.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    let mut b = reused.unwrap_or_default();
-    b.clear();
-    b.reserve(n);
-    b
-}
+static SEND_BUFS: BufPool = BufPool::new(UPLOAD_ROUNDS * ROUND_BYTES / (2 << 20), 0, 4 << 20);
 
 /// Gives a round's shard buffer back (if nobody else holds it any more).
 pub(super) fn give_back(bytes: Arc<Vec<u8>>) {
-    if let Ok(b) = Arc::try_unwrap(bytes)
-        && b.capacity() <= SEND_BUF_MAX_BYTES
-    {
-        let mut bufs = SEND_BUFS.lock().unwrap_or_else(|e| e.into_inner());
-        if bufs.len() < SEND_BUFS_MAX {
-            bufs.push(b);
-        }
+    if let Ok(b) = Arc::try_unwrap(bytes) {
+        SEND_BUFS.put(b);
     }
 }
 /// A shard fetch still out this many times later than the first shard of its block came in
@@ -1230,7 +1215,7 @@ impl Engine {
                 continue;
             }
             let part = erasure::data_range(r, len, i);
-            let mut s = send_buf(shard::HEADER_LEN + size);
+            let mut s = SEND_BUFS.take_empty(shard::HEADER_LEN + size);
             s.extend_from_slice(&erasure::shard_header(r, len, i));
             f.seek(SeekFrom::Start(part.start as u64))?;
             (&mut f).take(part.len() as u64).read_to_end(&mut s)?;
@@ -1365,7 +1350,7 @@ impl Engine {
             // Nothing (left) to send: the buffers kept for sending go back to the allocator
             // rather than sit in the mount's memory while it only reads.
             if claimed.records.is_empty() {
-                SEND_BUFS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                SEND_BUFS.clear();
             }
             return Ok(0);
         }

@@ -1,0 +1,132 @@
+//! Bounded pools of reusable byte buffers.
+//!
+//! Shards are megabytes each and every one of them passes through a few buffers on its way
+//! (read from a block file for upload, a store request's frame, an aligned copy for an
+//! `O_DIRECT` write, a supplier's answer). A new `Vec` for each was zeroed by `memset` or
+//! faulted in page by page and unmapped again, which the profiles of `scripts/profile.sh`
+//! showed at 1.5-1.7% of all CPU samples per place. A [`BufPool`] keeps a few buffers given
+//! back and hands them out again; it never holds more than its bounds, so a burst of large
+//! frames costs memory only while it lasts.
+//!
+//! The pools are process-wide statics where they are used: several engines in one process
+//! (the tests) share them harmlessly, since a buffer carries no meaning between uses.
+
+use std::sync::Mutex;
+
+/// A bounded set of reusable buffers.
+pub struct BufPool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most.
+    max_bufs: usize,
+    /// Requests for fewer bytes than this get a new buffer, and shorter buffers are not kept
+    /// (small ones cost little to allocate and would crowd out the large).
+    min_len: usize,
+    /// Buffers with more capacity than this are not kept.
+    max_bytes: usize,
+}
+
+impl BufPool {
+    /// A pool keeping at most `max_bufs` buffers of `min_len..=max_bytes` bytes.
+    pub const fn new(max_bufs: usize, min_len: usize, max_bytes: usize) -> Self {
+        Self {
+            bufs: Mutex::new(Vec::new()),
+            max_bufs,
+            min_len,
+            max_bytes,
+        }
+    }
+
+    fn pop(&self, len: usize) -> Option<Vec<u8>> {
+        if len < self.min_len {
+            return None;
+        }
+        self.bufs.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// A buffer of exactly `len` bytes, to be read or written over. Its bytes are zero where
+    /// it is new; a reused buffer keeps its old bytes (only what it lacks is zeroed), so the
+    /// caller must overwrite all of them before any is used.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        match self.pop(len) {
+            Some(mut b) => {
+                b.resize(len, 0);
+                b
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes.
+    pub fn take_empty(&self, capacity: usize) -> Vec<u8> {
+        let mut b = self.pop(capacity).unwrap_or_default();
+        b.clear();
+        b.reserve(capacity);
+        b
+    }
+
+    /// Keeps `buf` for a later [`take`](Self::take), within the pool's bounds.
+    pub fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() < self.min_len || buf.capacity() > self.max_bytes {
+            return;
+        }
+        let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        if bufs.len() < self.max_bufs {
+            bufs.push(buf);
+        }
+    }
+
+    /// Lets every kept buffer go back to the allocator.
+    pub fn clear(&self) {
+        self.bufs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Buffers kept now.
+    pub fn len(&self) -> usize {
+        self.bufs.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no buffer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_within_the_bounds_and_hold_what_was_asked() {
+        let pool = BufPool::new(2, 1024, 8192);
+        // Too small, too large: not kept.
+        pool.put(Vec::with_capacity(100));
+        pool.put(Vec::with_capacity(10_000));
+        assert!(pool.is_empty());
+        for _ in 0..3 {
+            pool.put(vec![0xAA; 4096]);
+        }
+        assert_eq!(pool.len(), 2, "at most max_bufs kept");
+
+        // A reused buffer is exactly as long as asked; what it lacked is zero.
+        let b = pool.take(6000);
+        assert_eq!(b.len(), 6000);
+        assert!(b[..4096].iter().all(|&x| x == 0xAA));
+        assert!(b[4096..].iter().all(|&x| x == 0));
+        assert_eq!(pool.len(), 1);
+
+        // take_empty is empty with the room asked, reused or not.
+        let e = pool.take_empty(5000);
+        assert!(e.is_empty() && e.capacity() >= 5000);
+        assert!(pool.is_empty());
+        let e = pool.take_empty(5000);
+        assert!(e.is_empty() && e.capacity() >= 5000);
+
+        // Small requests never take a kept buffer.
+        pool.put(vec![1; 2048]);
+        let small = pool.take(10);
+        assert_eq!(small, vec![0; 10]);
+        assert_eq!(pool.len(), 1);
+        pool.clear();
+        assert!(pool.is_empty());
+    }
+}
