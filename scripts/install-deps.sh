@@ -2,7 +2,7 @@
 # Installs the system packages dustfs needs to build and test on Debian 12 (run as root).
 # Idempotent: a second run only checks.
 set -euo pipefail
-pkgs=(librocksdb-dev libclang-dev clang g++ pkg-config libssl-dev fuse3 rsync bindfs sqlite3 git iptables iproute2 libacl1-dev)
+pkgs=(librocksdb-dev libclang-dev clang g++ pkg-config libssl-dev fuse3 rsync bindfs sqlite3 git iptables iproute2 libacl1-dev util-linux-extra)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -173,6 +173,82 @@ impl KernelCache {
     }
 }
 
+/// How a file handle was opened, kept as its `fh` (the kernel hands it back at release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+enum OpenMode {
+    /// Through the kernel's page cache (reads cached, `FOPEN_KEEP_CACHE` when tracked).
+    Cached = 0,
+    /// Write-only, past the page cache (`FOPEN_DIRECT_IO`).
+    DirectWrite = 1,
+    /// Any other open while a [`OpenMode::DirectWrite`] handle is open: past the page cache
+    /// too, so that no page the direct writes would leave stale gets cached.
+    Uncached = 2,
+}
+
+impl OpenMode {
+    fn from_fh(fh: u64) -> Self {
+        match fh {
+            1 => Self::DirectWrite,
+            2 => Self::Uncached,
+            _ => Self::Cached,
+        }
+    }
+}
+
+/// Which open handles each inode has, to choose how the next one is opened.
+///
+/// Write-only opens (`cp`, `rsync`, `tar -x` and the like open what they write that way)
+/// bypass the kernel's page cache: the kernel hands the writer's own pages to this process
+/// instead of copying them into new page-cache pages first. In a profile of a 512 MiB copy
+/// (`scripts/profile.sh write`) `cp`'s `copy_folio_from_iter_atomic` into the FUSE file's
+/// pages took 165-780 of about 3,000 CPU samples (the most when the pages were new to this
+/// VM, see docs/DESIGN.md); with `FOPEN_DIRECT_IO` 43-55. The pages of a backup being
+/// written were also the least likely to be read again, yet pushed other files out of memory.
+///
+/// A direct write does not touch cached pages on kernels before 6.6 (later ones drop the
+/// range written), so the page cache must not hold a file's pages while a direct writer has
+/// it open: a write-only open is direct only while no cached handle is open (its open without
+/// `FOPEN_KEEP_CACHE` drops whatever pages the kernel held), other opens made meanwhile are
+/// uncached, and the file leaves [`KernelCache`] so its next cached open drops its pages
+/// again. (A private `mmap` of an uncached handle still reads through the page cache; on
+/// kernels before 6.6 it may miss a later direct write to the same range.)
+#[derive(Default)]
+struct OpenModes {
+    /// Inode -> (cached handles, direct-write handles); absent when both are zero.
+    open: std::collections::HashMap<u64, (u32, u32)>,
+}
+
+impl OpenModes {
+    /// The mode of a new handle of `ino` opened with `flags` (the `open(2)` flags), counted.
+    fn open(&mut self, ino: u64, flags: i32) -> OpenMode {
+        let (cached, direct) = self.open.entry(ino).or_default();
+        if flags & libc::O_ACCMODE == libc::O_WRONLY && *cached == 0 {
+            *direct += 1;
+            OpenMode::DirectWrite
+        } else if *direct > 0 {
+            OpenMode::Uncached
+        } else {
+            *cached += 1;
+            OpenMode::Cached
+        }
+    }
+
+    /// A handle of `ino` opened as `mode` is released.
+    fn release(&mut self, ino: u64, mode: OpenMode) {
+        if let Some((cached, direct)) = self.open.get_mut(&ino) {
+            match mode {
+                OpenMode::Cached => *cached = cached.saturating_sub(1),
+                OpenMode::DirectWrite => *direct = direct.saturating_sub(1),
+                OpenMode::Uncached => {}
+            }
+            if (*cached, *direct) == (0, 0) {
+                self.open.remove(&ino);
+            }
+        }
+    }
+}
+
 /// The mounted filesystem.
 pub struct DustFs {
     engine: Arc<Engine>,
@@ -180,6 +256,7 @@ pub struct DustFs {
     uid: Option<u32>,
     gid: Option<u32>,
     kernel_cache: Arc<KernelCache>,
+    open_modes: OpenModes,
 }
 
 impl DustFs {
@@ -195,6 +272,7 @@ impl DustFs {
             uid,
             gid,
             kernel_cache,
+            open_modes: OpenModes::default(),
         }
     }
 
@@ -210,6 +288,26 @@ impl DustFs {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), 0),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// Counts a new handle of `ino` (just `created`, or opened) and returns its `fh` and the
+    /// `FOPEN_*` flags it is opened with (see [`OpenModes`]).
+    fn open_handle(&mut self, ino: u64, flags: i32, created: bool) -> (u64, u32) {
+        let mode = self.open_modes.open(ino, flags);
+        let open_flags = match mode {
+            OpenMode::DirectWrite => {
+                self.kernel_cache.forget(ino);
+                fuser::consts::FOPEN_DIRECT_IO
+            }
+            OpenMode::Uncached => fuser::consts::FOPEN_DIRECT_IO,
+            OpenMode::Cached if created => {
+                self.kernel_cache.created(ino);
+                0
+            }
+            OpenMode::Cached if self.kernel_cache.keep(ino) => fuser::consts::FOPEN_KEEP_CACHE,
+            OpenMode::Cached => 0,
+        };
+        (mode as u64, open_flags)
     }
 
     fn empty(&self, op: &str, r: Result<(), FsError>, reply: ReplyEmpty) {
@@ -416,14 +514,12 @@ impl Filesystem for DustFs {
         self.kernel_cache.forget(ino);
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        match self.engine.opened(ino) {
-            Ok(_) if self.kernel_cache.keep(ino) => {
-                reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE)
-            }
-            Ok(_) => reply.opened(0, 0),
-            Err(e) => reply.error(errno(&e)),
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if let Err(e) = self.engine.opened(ino) {
+            return reply.error(errno(&e));
         }
+        let (fh, open_flags) = self.open_handle(ino, flags, false);
+        reply.opened(fh, open_flags)
     }
 
     fn read(
@@ -491,12 +587,13 @@ impl Filesystem for DustFs {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         _flags: i32,
         _lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.open_modes.release(ino, OpenMode::from_fh(fh));
         self.empty("release", self.engine.released(ino), reply);
     }
 
@@ -717,7 +814,7 @@ impl Filesystem for DustFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let r = self
@@ -735,8 +832,8 @@ impl Filesystem for DustFs {
             .and_then(|i| self.engine.opened(i.ino));
         match r {
             Ok(i) => {
-                self.kernel_cache.created(i.ino);
-                reply.created(&TTL, &self.attr(&i), 0, 0, 0)
+                let (fh, open_flags) = self.open_handle(i.ino, flags, true);
+                reply.created(&TTL, &self.attr(&i), 0, fh, open_flags)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -766,5 +863,39 @@ mod tests {
         assert_eq!(errno(&FsError::Io(full)), libc::ENOSPC);
         let other = std::io::Error::from_raw_os_error(libc::EROFS);
         assert_eq!(errno(&FsError::Io(other)), libc::EIO);
+    }
+
+    #[test]
+    fn write_only_handles_bypass_the_page_cache_unless_a_cached_one_is_open() {
+        let mut m = OpenModes::default();
+        let (rd, wr, rw) = (libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR);
+        // Alone, a write-only handle is direct; readers meanwhile are uncached.
+        assert_eq!(m.open(1, wr | libc::O_TRUNC), OpenMode::DirectWrite);
+        assert_eq!(m.open(1, rd), OpenMode::Uncached);
+        assert_eq!(m.open(1, rw), OpenMode::Uncached);
+        assert_eq!(m.open(1, wr), OpenMode::DirectWrite);
+        m.release(1, OpenMode::Uncached);
+        m.release(1, OpenMode::DirectWrite);
+        assert_eq!(
+            m.open(1, rd),
+            OpenMode::Uncached,
+            "one direct writer is still open"
+        );
+        m.release(1, OpenMode::DirectWrite);
+        // All direct writers gone: cached again, and then write-only opens go cached too.
+        assert_eq!(m.open(1, rd), OpenMode::Cached);
+        assert_eq!(m.open(1, wr), OpenMode::Cached);
+        // Other inodes are not affected.
+        assert_eq!(m.open(2, wr), OpenMode::DirectWrite);
+        m.release(1, OpenMode::Cached);
+        m.release(1, OpenMode::Cached);
+        assert_eq!(m.open(1, wr), OpenMode::DirectWrite);
+        m.release(1, OpenMode::DirectWrite);
+        m.release(2, OpenMode::DirectWrite);
+        assert!(m.open.is_empty(), "released inodes are forgotten");
+        // The handle's mode survives the round trip through the kernel's fh.
+        for mode in [OpenMode::Cached, OpenMode::DirectWrite, OpenMode::Uncached] {
+            assert_eq!(OpenMode::from_fh(mode as u64), mode);
+        }
     }
 }
