@@ -1171,10 +1171,7 @@ impl Task {
                 tokio::spawn(async move {
                     // Disk IO with fsync: off the async threads.
                     let resp = match tokio::task::spawn_blocking(move || {
-                        let frame = request.into_vec();
-                        let resp = dir.handle(&frame);
-                        crate::protocol::recycle_frame(frame);
-                        resp
+                        request.handle_received(|frame| dir.handle(frame))
                     })
                     .await
                     {

@@ -523,6 +523,20 @@ impl Frame {
         self.len() == 0
     }
 
+    /// `f` of the bytes of a frame read from a stream, in place; then the frame's buffer goes
+    /// back to the request frames' pool ([`FRAME_POOL`]) for the next one.
+    pub fn handle_received<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let r = match &self.body {
+            None => f(self.head()),
+            // Frames read from a stream have no body of their own; built ones may.
+            Some(_) => f(&self.clone().into_vec()),
+        };
+        if !self.recycle {
+            FRAME_POOL.put(std::mem::take(&mut self.head));
+        }
+        r
+    }
+
     /// The frame's bytes in one buffer (a received frame is one already: no copy).
     pub fn into_vec(mut self) -> Vec<u8> {
         self.recycle = false;
@@ -629,8 +643,8 @@ async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> 
     Ok(len)
 }
 
-/// Buffers of large request frames, handed back by the node once the request is handled
-/// ([`recycle_frame`]) and read over by the next one. A new `vec![0; len]` for every stored
+/// Buffers of large request frames, handed back once the request is handled
+/// ([`Frame::handle_received`]) and read over by the next one. A new `vec![0; len]` for every stored
 /// shard was zeroed by `memset` and often faulted in page by page: in a profile of a 512 MiB
 /// copy (`scripts/profile.sh write`) the suppliers' `memset` was 1.45% of all CPU samples,
 /// `read_frame` the part of it that dustfs owns (the rest is in yamux and Noise). Frames of at
@@ -638,7 +652,7 @@ async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> 
 /// MiB shard's request is a little over 2 MiB; frames up to [`MAX_FRAME`] are still read,
 /// into new buffers), 16 MiB per node. A reused buffer's old bytes are never seen: a frame is
 /// handed on only once `read_exact` has filled all of it, and a failed read drops its buffer.
-static FRAME_POOL: BufPool = BufPool::new(4, 64 << 10, 4 << 20);
+static FRAME_POOL: BufPool = BufPool::new(4, POOLED_FRAME_MIN, 4 << 20);
 
 /// Buffers of suppliers' whole-shard answers (read with `O_DIRECT` into them, see
 /// `supplier::shard_answer_direct`), back from each answer once it is sent: a new buffer for
@@ -646,25 +660,66 @@ static FRAME_POOL: BufPool = BufPool::new(4, 64 << 10, 4 << 20);
 /// 1.7% of a cold read's CPU samples). Bounded as [`FRAME_POOL`] is.
 pub(crate) static ANSWER_POOL: BufPool = BufPool::new(4, 64 << 10, 4 << 20);
 
-/// Hands a request frame's buffer back for the next large frame (see [`FRAME_POOL`]).
-pub fn recycle_frame(buf: Vec<u8>) {
-    FRAME_POOL.put(buf);
+/// Alignment of a stored shard's bytes in the request frame read for it: a page, what
+/// `O_DIRECT` asks of a buffer on every Linux filesystem (see `supplier::write_new`).
+pub(crate) const SHARD_ALIGN: usize = 4096;
+/// Bytes read first of a large request frame, to find where a store's shard starts (its
+/// envelope is far below this).
+const REQUEST_PREFIX: usize = 1024;
+
+/// Where the shard's bytes start in a store request frame that begins with `prefix`: after the
+/// version, the variant, the envelope and the bytes' length (as [`decode_store`] reads them).
+/// `None` for any other frame, or a prefix too short to tell.
+fn store_bytes_at(prefix: &[u8]) -> Option<usize> {
+    let rest = prefix.strip_prefix(&[WIRE_VERSION])?;
+    let (0, rest) = postcard::take_from_bytes::<u32>(rest).ok()? else {
+        return None;
+    };
+    let (_, rest) = postcard::take_from_bytes::<Envelope>(rest).ok()?;
+    let (_, rest) = postcard::take_from_bytes::<usize>(rest).ok()?;
+    Some(prefix.len() - rest.len())
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    read_frame_in(io, &FRAME_POOL).await
+async fn read_request_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Frame> {
+    read_request_frame_in(io, &FRAME_POOL).await
 }
 
-/// [`read_frame`] over a buffer from `pool`.
-async fn read_frame_in<T: AsyncRead + Unpin + Send>(
+/// Reads a request frame; a large one over a buffer from `pool`, placed so that a store's
+/// shard starts on a page boundary: the supplier writes it to disk with `O_DIRECT` straight
+/// from the frame, where it copied every shard into an aligned buffer first (`write_direct`'s
+/// `copy_from_slice`, 0.9% of all CPU samples of a 256 MiB copy with `CALLGRAPH=dwarf
+/// scripts/profile.sh write`). The frame's first [`REQUEST_PREFIX`] bytes are read first to
+/// find where the shard starts; the padding before the frame is its `skip`.
+async fn read_request_frame_in<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     pool: &BufPool,
-) -> io::Result<Vec<u8>> {
+) -> io::Result<Frame> {
     let len = read_len(io).await?;
-    let mut buf = pool.take(len);
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    if len < POOLED_FRAME_MIN {
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        return Ok(Frame::from(buf));
+    }
+    let mut prefix = [0u8; REQUEST_PREFIX];
+    io.read_exact(&mut prefix).await?;
+    let at = store_bytes_at(&prefix).unwrap_or(0);
+    let mut buf = pool.take(len + SHARD_ALIGN);
+    let pad = (SHARD_ALIGN - (buf.as_ptr() as usize + at) % SHARD_ALIGN) % SHARD_ALIGN;
+    buf.truncate(pad + len);
+    let (first, rest) = buf[pad..].split_at_mut(REQUEST_PREFIX);
+    first.copy_from_slice(&prefix);
+    io.read_exact(rest).await?;
+    Ok(Frame {
+        head: buf,
+        skip: pad,
+        body: None,
+        recycle: false,
+    })
 }
+
+/// Request frames below this many bytes are read into new buffers, larger ones (stores) over
+/// [`FRAME_POOL`]'s.
+const POOLED_FRAME_MIN: usize = 64 << 10;
 
 /// Reads a response frame. A shard answer (the bulk of every read) is read as its head and,
 /// into a buffer of its own, the shard's bytes: cutting the head off a whole frame afterwards
@@ -732,7 +787,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await.map(Frame::from)
+        read_request_frame(io).await
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Frame>
@@ -786,46 +841,95 @@ mod tests {
         SigningKey::from_bytes(&[5; 32])
     }
 
+    /// [`read_request_frame_in`] of `frame` sent with its length.
+    fn read_request(frame: &[u8], pool: &BufPool) -> io::Result<Frame> {
+        let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(frame);
+        futures::executor::block_on(read_request_frame_in(
+            &mut futures::io::Cursor::new(wire),
+            pool,
+        ))
+    }
+
     #[test]
     fn a_frame_read_over_a_reused_buffer_holds_exactly_its_own_bytes() {
         // A pool of this test's own: the nodes of other tests share the process's.
         let pool = BufPool::new(4, 64 << 10, 4 << 20);
-        let read = |frame: &[u8]| {
-            let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
-            wire.extend_from_slice(frame);
-            futures::executor::block_on(read_frame_in(&mut futures::io::Cursor::new(wire), &pool))
-        };
+        let read = |frame: &[u8]| read_request(frame, &pool);
         // A buffer left over from an earlier request, full of its bytes, is the one reused.
         let old = vec![0xAA; 3 << 20];
         let at = old.as_ptr();
         pool.put(old);
         let frame = vec![1u8; 100 << 10];
-        let got = read(&frame).unwrap();
-        assert_eq!(got.as_ptr(), at, "the pooled buffer was not reused");
-        assert!(got == frame, "stale bytes in a shorter frame");
-        pool.put(got);
-        // Grown again past its old length: the bytes between are this frame's too.
-        let frame = vec![2u8; 3 << 20];
-        let got = read(&frame).unwrap();
-        assert_eq!(got.as_ptr(), at);
-        assert!(got == frame, "stale bytes in a longer frame");
-        pool.put(got);
+        let mut got = read(&frame).unwrap();
+        assert_eq!(got.head.as_ptr(), at, "the pooled buffer was not reused");
+        assert!(got.head() == frame, "stale bytes in a shorter frame");
+        pool.put(std::mem::take(&mut got.head));
+        // Grown again past its old length (within its capacity, with room for the alignment
+        // padding): the bytes between are this frame's too.
+        let frame = vec![2u8; 2 << 20];
+        let mut got = read(&frame).unwrap();
+        assert_eq!(got.head.as_ptr(), at);
+        assert!(got.head() == frame, "stale bytes in a longer frame");
+        assert_eq!(got.len(), frame.len());
+        pool.put(std::mem::take(&mut got.head));
         // A stream that ends early is an error, and its buffer is not handed on nor kept.
         let mut wire = (1u32 << 20).to_be_bytes().to_vec();
-        wire.extend_from_slice(&[7; 1000]);
+        wire.extend_from_slice(&[7; 2000]);
         assert!(
-            futures::executor::block_on(read_frame_in(&mut futures::io::Cursor::new(wire), &pool))
-                .is_err()
+            futures::executor::block_on(read_request_frame_in(
+                &mut futures::io::Cursor::new(wire),
+                &pool
+            ))
+            .is_err()
         );
         assert!(pool.is_empty());
         // Small frames bypass the pool; it keeps a bounded number of bounded buffers.
-        assert!(read(&[5; 100]).unwrap() == [5; 100]);
+        assert!(read(&[5; 100]).unwrap().head() == [5; 100]);
         for _ in 0..10 {
             pool.put(vec![0; 1 << 20]);
         }
         pool.put(vec![0; 8 << 20]);
         pool.put(vec![0; 100]);
         assert_eq!(pool.len(), 4);
+    }
+
+    #[test]
+    fn a_store_frame_is_read_with_its_shard_on_a_page_boundary() {
+        let pool = BufPool::new(4, 64 << 10, 4 << 20);
+        let k = key();
+        // Dirty pooled buffers at whatever alignment the allocator gives, twice over.
+        pool.put(vec![0xAA; (2 << 20) + 7]);
+        for round in 0..2 {
+            for len in [(64 << 10) - 600, 100_001, 2 << 20, (2 << 20) + 5, 3 << 20] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+                let op = Op::Store {
+                    shard: ShardId::of(&data),
+                    len: len as u64,
+                };
+                let env = Envelope::sign(&k, [9; 32], op);
+                let frame = encode_store(&env, &data);
+                let got = read_request(&frame, &pool).unwrap();
+                assert!(got.head() == frame, "{len} bytes: not the frame sent");
+                let (env2, shard) = decode_store(got.head()).unwrap();
+                assert_eq!(env2, env);
+                assert!(shard == data, "{len} bytes: not the shard sent");
+                if frame.len() >= POOLED_FRAME_MIN {
+                    assert_eq!(
+                        shard.as_ptr() as usize % SHARD_ALIGN,
+                        0,
+                        "{len} bytes: shard not page-aligned"
+                    );
+                }
+                // Handled in place, then its buffer back to the (process's) pool.
+                assert!(got.handle_received(|b| b == frame));
+            }
+        }
+        // Any other large frame is read whole too.
+        let other = vec![3u8; 200 << 10];
+        assert!(read_request(&other, &pool).unwrap().head() == other);
+        // A store head cut short (or not a store) is no alignment, not an error.
+        assert_eq!(store_bytes_at(&[WIRE_VERSION, 0, 1]), None);
     }
 
     /// A frame as the codec reads it from a stream (its length first).

@@ -728,8 +728,10 @@ fn shard_answer_direct(path: &Path) -> std::io::Result<Frame> {
 const DIRECT_MIN: usize = 256 << 10;
 /// Alignment of `O_DIRECT` buffers, lengths and offsets (a page: every Linux filesystem's
 /// requirement is at most this).
-const DIRECT_ALIGN: usize = 4096;
-/// Aligned copies of shards on their way to `O_DIRECT` writes, reused (at most 4 of 4 MiB).
+const DIRECT_ALIGN: usize = protocol::SHARD_ALIGN;
+/// Aligned copies of shards on their way to `O_DIRECT` writes, for shards that do not start on
+/// a page boundary already (a store frame read from the network does), reused (at most 4 of
+/// 4 MiB).
 static DIRECT_BUFS: dustfs_core::pool::BufPool =
     dustfs_core::pool::BufPool::new(4, 64 << 10, 4 << 20);
 
@@ -764,21 +766,26 @@ fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<fs::File> {
         .truncate(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(path)?;
-    let mut buf = DIRECT_BUFS.take(aligned + DIRECT_ALIGN);
-    let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    let r = match buf.get_mut(at..at + aligned) {
-        Some(b) => {
-            b.copy_from_slice(&bytes[..aligned]);
-            direct.write_all_at(b, 0)
-        }
-        // align_offset is always below the alignment for a byte pointer; no slice means a
-        // bug here, and the caller falls back to the page cache.
-        None => Err(std::io::Error::from_raw_os_error(
-            rustix::io::Errno::INVAL.raw_os_error(),
-        )),
-    };
-    DIRECT_BUFS.put(buf);
-    r?;
+    if bytes.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+        // Straight from the request's frame (read to put the shard on a page boundary).
+        direct.write_all_at(&bytes[..aligned], 0)?;
+    } else {
+        let mut buf = DIRECT_BUFS.take(aligned + DIRECT_ALIGN);
+        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let r = match buf.get_mut(at..at + aligned) {
+            Some(b) => {
+                b.copy_from_slice(&bytes[..aligned]);
+                direct.write_all_at(b, 0)
+            }
+            // align_offset is always below the alignment for a byte pointer; no slice means
+            // a bug here, and the caller falls back to the page cache.
+            None => Err(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::INVAL.raw_os_error(),
+            )),
+        };
+        DIRECT_BUFS.put(buf);
+        r?;
+    }
     drop(direct);
     // The tail (less than a page) through the page cache, on a descriptor without O_DIRECT.
     let f = fs::OpenOptions::new().write(true).open(path)?;
@@ -836,6 +843,33 @@ mod tests {
 
     fn answer(d: &ShardDir, frame: &[u8]) -> Response {
         protocol::decode_response(&d.handle(frame).into_vec()).unwrap()
+    }
+
+    /// A shard that starts on a page boundary (as a store frame read from the network puts
+    /// it) is written from where it is; one that does not, through an aligned copy: either
+    /// way the file holds exactly its bytes, on ext4 and tmpfs.
+    #[test]
+    fn shards_on_a_page_boundary_or_not_are_written_exactly() {
+        let on_disk = tempfile::tempdir().unwrap();
+        let on_tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+        for dir in [on_disk.path(), on_tmpfs.path()] {
+            for len in [DIRECT_MIN, DIRECT_MIN + 1, (2 << 20) + 16] {
+                let mut buf = vec![0u8; len + 2 * DIRECT_ALIGN];
+                let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = (i * 31 + i / 4096) as u8;
+                }
+                for off in [at, at + 1, at + 512] {
+                    let bytes = &buf[off..off + len];
+                    let path = dir.join(format!("{len}-{off}"));
+                    drop(write_new(&path, bytes).unwrap());
+                    assert!(
+                        fs::read(&path).unwrap() == bytes,
+                        "{len} bytes at {off} in {dir:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// Shards long enough to be written with O_DIRECT (whole pages, pages and a byte, a 2 MiB
