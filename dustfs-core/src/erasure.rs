@@ -106,6 +106,17 @@ pub fn data_shard(r: Redundancy, block: &[u8], i: usize) -> Vec<u8> {
 /// shards' payloads ([`shard_size`] bytes each). Parity is computed straight into the parity
 /// shards' payloads.
 pub fn parity(r: Redundancy, len: usize, data: &[&[u8]]) -> Result<Vec<Vec<u8>>, ErasureError> {
+    parity_in(r, len, data, |n| vec![0u8; n])
+}
+
+/// [`parity`] into buffers from `new_buf`, which returns a buffer of the length asked for;
+/// its bytes may be anything (all of them are written), so a caller can reuse buffers.
+pub fn parity_in(
+    r: Redundancy,
+    len: usize,
+    data: &[&[u8]],
+    mut new_buf: impl FnMut(usize) -> Vec<u8>,
+) -> Result<Vec<Vec<u8>>, ErasureError> {
     let k = r.k as usize;
     let rs = codec(r)?;
     if r.m == 0 {
@@ -119,7 +130,7 @@ pub fn parity(r: Redundancy, len: usize, data: &[&[u8]]) -> Result<Vec<Vec<u8>>,
     }
     let mut parity: Vec<Vec<u8>> = (k..r.total())
         .map(|i| {
-            let mut s = vec![0u8; HEADER_LEN + size];
+            let mut s = new_buf(HEADER_LEN + size);
             s[..HEADER_LEN].copy_from_slice(&shard_header(r, len, i));
             s
         })
@@ -145,6 +156,15 @@ pub struct Encoded {
 /// copied to be padded. Profile of the pipeline benchmark before this (issue 8 note): the copy
 /// of the data shards out of the block was 10% of the write side's samples.
 pub fn encode_parity(r: Redundancy, block: &[u8]) -> Result<Encoded, ErasureError> {
+    encode_parity_in(r, block, |n| vec![0u8; n])
+}
+
+/// [`encode_parity`] with its parity shards in buffers from `new_buf` (see [`parity_in`]).
+pub fn encode_parity_in(
+    r: Redundancy,
+    block: &[u8],
+    new_buf: impl FnMut(usize) -> Vec<u8>,
+) -> Result<Encoded, ErasureError> {
     let (k, len) = (r.k as usize, block.len());
     let size = shard_size(r, len);
     let payloads: Vec<std::borrow::Cow<'_, [u8]>> = (0..k)
@@ -171,7 +191,7 @@ pub fn encode_parity(r: Redundancy, block: &[u8]) -> Result<Encoded, ErasureErro
         })
         .collect();
     let data: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
-    let parity = parity(r, len, &data)?;
+    let parity = parity_in(r, len, &data, new_buf)?;
     ids.extend(parity.iter().map(|s| ShardId::of(s)));
     Ok(Encoded { ids, parity })
 }
@@ -401,6 +421,25 @@ mod tests {
                 prop_assert_eq!(a, &whole[k + j].1);
                 prop_assert_eq!(p, &whole[k + j].1);
             }
+        }
+    }
+
+    #[test]
+    fn parity_into_reused_buffers_is_the_same_as_into_new_ones() {
+        let r = Redundancy { k: 4, m: 2 };
+        for len in [1usize, 4096, 100_003, 8 << 20] {
+            let block: Vec<u8> = (0..len).map(|i| (i * 13 + i / 777) as u8).collect();
+            let fresh = encode_parity(r, &block).unwrap();
+            // Buffers full of other bytes, longer and shorter than asked.
+            let mut dirty = vec![vec![0xAA; 3 << 20], vec![0x55; 10]];
+            let reused = encode_parity_in(r, &block, |n| {
+                let mut b = dirty.pop().unwrap_or_default();
+                b.resize(n, 0xEE);
+                b
+            })
+            .unwrap();
+            assert_eq!(fresh.ids, reused.ids, "{len} bytes");
+            assert!(fresh.parity == reused.parity, "{len} bytes");
         }
     }
 

@@ -33,17 +33,19 @@ pub const UPLOAD_ROUNDS: usize = 2;
 /// How long a supplier that could not be reached is left alone.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
-/// Buffers of data shards read from block files for upload ([`Engine::own_shards`]), given
-/// back when a round is done with them: a new 2 MiB buffer for every shard sent was faulted in
+/// Buffers of shards on their way to suppliers: data shards read from block files for upload
+/// ([`Engine::own_shards`]), given back when a round is done with them, and the parity
+/// computed when a block is sealed, given back when [`Staged`] lets it go. A new 2 MiB buffer for every shard sent was faulted in
 /// page by page and unmapped again (`clear_page_erms`, `exc_page_fault`, `do_anonymous_page`,
 /// `unmap_page_range` on the uploader threads: 1.6% of all CPU samples of a 512 MiB copy,
-/// `scripts/profile.sh write`). At most as many as two rounds of data shards (32 MiB), none
-/// over 4 MiB; memory those rounds had in use anyway. Emptied when a round finds nothing
+/// `scripts/profile.sh write`). At most as many as one round of data shards (16 MiB), none
+/// over 4 MiB (with two rounds' worth, 32 MiB, kept full by the parity coming back, the
+/// mount's peak RSS in a 4 GiB copy went from 237 to 254 MiB; with one, 212). Emptied when a round finds nothing
 /// queued (a mount that went on to read had 244 instead of 202 MiB at its peak in
 /// `scripts/bench.sh` while they stayed).
-static SEND_BUFS: BufPool = BufPool::new(UPLOAD_ROUNDS * ROUND_BYTES / (2 << 20), 0, 4 << 20);
+static SEND_BUFS: BufPool = BufPool::new(ROUND_BYTES / (2 << 20), 0, 4 << 20);
 
-/// Gives a round's shard buffer back (if nobody else holds it any more).
+/// Gives a shard's buffer back (if nobody else holds it any more).
 pub(super) fn give_back(bytes: Arc<Vec<u8>>) {
     if let Ok(b) = Arc::try_unwrap(bytes) {
         SEND_BUFS.put(b);
@@ -173,10 +175,12 @@ impl Staged {
     pub(super) fn put(&mut self, no: u64, i: usize, bytes: Vec<u8>) {
         let len = bytes.len() as u64;
         if self.bytes + len > STAGED_LIMIT {
+            SEND_BUFS.put(bytes);
             return;
         }
         if let Some(old) = self.shards.insert((no, i), Arc::new(bytes)) {
             self.bytes -= old.len() as u64;
+            give_back(old);
         }
         self.bytes += len;
     }
@@ -188,20 +192,21 @@ impl Staged {
     fn remove(&mut self, no: u64, i: usize) {
         if let Some(old) = self.shards.remove(&(no, i)) {
             self.bytes -= old.len() as u64;
+            give_back(old);
         }
     }
 
     /// Forgets every shard of block `no`, and that its file is this process's.
     fn remove_block(&mut self, no: u64) {
-        let mut freed = 0;
-        self.shards.retain(|&(b, _), v| {
-            let keep = b != no;
-            if !keep {
-                freed += v.len() as u64;
-            }
-            keep
-        });
-        self.bytes -= freed;
+        let gone: Vec<(u64, usize)> = self
+            .shards
+            .keys()
+            .filter(|&&(b, _)| b == no)
+            .copied()
+            .collect();
+        for (b, i) in gone {
+            self.remove(b, i);
+        }
         self.own.remove(&no);
     }
 }
@@ -491,7 +496,11 @@ impl Engine {
         let no = st.open.no;
         let r = self.cfg.redundancy;
         // Ids of all shards and the parity's bytes; the data shards stay in the block's file.
-        let coded = erasure::encode_parity(r, st.open.buf.bytes())?;
+        // Parity into buffers the uploads gave back (a new 2 MiB buffer per parity shard was
+        // faulted in page by page inside the Reed-Solomon loop: `exc_page_fault`,
+        // `clear_page_erms` under `mul_slice`, 1.2% of all CPU samples of a 256 MiB copy,
+        // `CALLGRAPH=dwarf scripts/profile.sh write`); they go back once uploaded.
+        let coded = erasure::encode_parity_in(r, st.open.buf.bytes(), |n| SEND_BUFS.take(n))?;
         let shard_len = (shard::HEADER_LEN + erasure::shard_size(r, st.open.buf.len())) as u64;
         let state = next(BlockState::Open, BlockEvent::Seal).unwrap_or(BlockState::Sealed);
         let rec = BlockRecord {
