@@ -652,13 +652,13 @@ async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> 
 /// MiB shard's request is a little over 2 MiB; frames up to [`MAX_FRAME`] are still read,
 /// into new buffers), 16 MiB per node. A reused buffer's old bytes are never seen: a frame is
 /// handed on only once `read_exact` has filled all of it, and a failed read drops its buffer.
-static FRAME_POOL: BufPool = BufPool::new(4, POOLED_FRAME_MIN, 4 << 20);
+static FRAME_POOL: BufPool = BufPool::for_shards();
 
 /// Buffers of suppliers' whole-shard answers (read with `O_DIRECT` into them, see
 /// `supplier::shard_answer_direct`), back from each answer once it is sent: a new buffer for
 /// every answer was zeroed by `calloc` or faulted in page by page (the suppliers' `memset`
 /// 1.7% of a cold read's CPU samples). Bounded as [`FRAME_POOL`] is.
-pub(crate) static ANSWER_POOL: BufPool = BufPool::new(4, 64 << 10, 4 << 20);
+pub(crate) static ANSWER_POOL: BufPool = BufPool::for_shards();
 
 /// Alignment of a stored shard's bytes in the request frame read for it: a page, what
 /// `O_DIRECT` asks of a buffer on every Linux filesystem (see `supplier::write_new`).
@@ -703,9 +703,7 @@ async fn read_request_frame_in<T: AsyncRead + Unpin + Send>(
     let mut prefix = [0u8; REQUEST_PREFIX];
     io.read_exact(&mut prefix).await?;
     let at = store_bytes_at(&prefix).unwrap_or(0);
-    let mut buf = pool.take(len + SHARD_ALIGN);
-    let pad = (SHARD_ALIGN - (buf.as_ptr() as usize + at) % SHARD_ALIGN) % SHARD_ALIGN;
-    buf.truncate(pad + len);
+    let (mut buf, pad) = pool.take_aligned(len, at, SHARD_ALIGN);
     let (first, rest) = buf[pad..].split_at_mut(REQUEST_PREFIX);
     first.copy_from_slice(&prefix);
     io.read_exact(rest).await?;
@@ -718,7 +716,7 @@ async fn read_request_frame_in<T: AsyncRead + Unpin + Send>(
 }
 
 /// Request frames below this many bytes are read into new buffers, larger ones (stores) over
-/// [`FRAME_POOL`]'s.
+/// [`FRAME_POOL`]'s (whose smallest kept buffer is this long too).
 const POOLED_FRAME_MIN: usize = 64 << 10;
 
 /// Reads a response frame. A shard answer (the bulk of every read) is read as its head and,
@@ -854,7 +852,7 @@ mod tests {
     #[test]
     fn a_frame_read_over_a_reused_buffer_holds_exactly_its_own_bytes() {
         // A pool of this test's own: the nodes of other tests share the process's.
-        let pool = BufPool::new(4, 64 << 10, 4 << 20);
+        let pool = BufPool::for_shards();
         let read = |frame: &[u8]| read_request(frame, &pool);
         // A buffer left over from an earlier request, full of its bytes, is the one reused.
         let old = vec![0xAA; 3 << 20];
@@ -896,7 +894,7 @@ mod tests {
 
     #[test]
     fn a_store_frame_is_read_with_its_shard_on_a_page_boundary() {
-        let pool = BufPool::new(4, 64 << 10, 4 << 20);
+        let pool = BufPool::for_shards();
         let k = key();
         // Dirty pooled buffers at whatever alignment the allocator gives, twice over.
         pool.put(vec![0xAA; (2 << 20) + 7]);

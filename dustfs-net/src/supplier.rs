@@ -691,21 +691,12 @@ fn shard_answer_direct(path: &Path) -> std::io::Result<Frame> {
     let head = protocol::shard_frame_head_in(Vec::new(), len);
     // Whole pages, at least one byte more than the length, to notice a file that changed.
     let want = (len + 1).next_multiple_of(DIRECT_ALIGN);
-    // A reused buffer, read over (only what it lacks is zeroed).
-    let mut buf = protocol::ANSWER_POOL.take(head.len() + DIRECT_ALIGN + want);
-    let at = head.len()
-        + buf
-            .as_ptr()
-            .wrapping_add(head.len())
-            .align_offset(DIRECT_ALIGN);
-    if at + want > buf.len() {
-        // align_offset is below the alignment for a byte pointer: this is a bug, and the page
-        // cache still serves the shard.
-        return Err(std::io::Error::from_raw_os_error(
-            rustix::io::Errno::INVAL.raw_os_error(),
-        ));
-    }
-    buf[at - head.len()..at].copy_from_slice(&head);
+    // A reused buffer, read over (only what it lacks is zeroed), the shard's first byte on a
+    // page boundary.
+    let (mut buf, skip) =
+        protocol::ANSWER_POOL.take_aligned(head.len() + want, head.len(), DIRECT_ALIGN);
+    let at = skip + head.len();
+    buf[skip..at].copy_from_slice(&head);
     let mut got = 0;
     while got < want {
         let n = (&f).read(&mut buf[at + got..at + want])?;
@@ -732,8 +723,7 @@ const DIRECT_ALIGN: usize = protocol::SHARD_ALIGN;
 /// Aligned copies of shards on their way to `O_DIRECT` writes, for shards that do not start on
 /// a page boundary already (a store frame read from the network does), reused (at most 4 of
 /// 4 MiB).
-static DIRECT_BUFS: dustfs_core::pool::BufPool =
-    dustfs_core::pool::BufPool::new(4, 64 << 10, 4 << 20);
+static DIRECT_BUFS: dustfs_core::pool::BufPool = dustfs_core::pool::BufPool::for_shards();
 
 /// Creates `path` holding `bytes` (not yet synced). A shard's bytes go to the disk with
 /// `O_DIRECT` from a reused aligned buffer, all but the last partial page, which is written
@@ -766,23 +756,13 @@ fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<fs::File> {
         .truncate(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(path)?;
-    if bytes.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
         // Straight from the request's frame (read to put the shard on a page boundary).
         direct.write_all_at(&bytes[..aligned], 0)?;
     } else {
-        let mut buf = DIRECT_BUFS.take(aligned + DIRECT_ALIGN);
-        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let r = match buf.get_mut(at..at + aligned) {
-            Some(b) => {
-                b.copy_from_slice(&bytes[..aligned]);
-                direct.write_all_at(b, 0)
-            }
-            // align_offset is always below the alignment for a byte pointer; no slice means
-            // a bug here, and the caller falls back to the page cache.
-            None => Err(std::io::Error::from_raw_os_error(
-                rustix::io::Errno::INVAL.raw_os_error(),
-            )),
-        };
+        let (mut buf, pad) = DIRECT_BUFS.take_aligned(aligned, 0, DIRECT_ALIGN);
+        buf[pad..].copy_from_slice(&bytes[..aligned]);
+        let r = direct.write_all_at(&buf[pad..], 0);
         DIRECT_BUFS.put(buf);
         r?;
     }
@@ -855,7 +835,8 @@ mod tests {
         for dir in [on_disk.path(), on_tmpfs.path()] {
             for len in [DIRECT_MIN, DIRECT_MIN + 1, (2 << 20) + 16] {
                 let mut buf = vec![0u8; len + 2 * DIRECT_ALIGN];
-                let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+                let addr = buf.as_ptr() as usize;
+                let at = addr.next_multiple_of(DIRECT_ALIGN) - addr;
                 for (i, b) in buf.iter_mut().enumerate() {
                     *b = (i * 31 + i / 4096) as u8;
                 }
