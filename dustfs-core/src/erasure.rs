@@ -288,20 +288,26 @@ impl BlockBytes {
 
     /// Bytes `[off, off + len)` of the block (`None` past its end).
     pub fn slice(&self, off: usize, len: usize) -> Option<Vec<u8>> {
+        Some(self.parts(off, len)?.concat())
+    }
+
+    /// Bytes `[off, off + len)` of the block where they lie, in order: one piece per shard
+    /// they span (`None` past the block's end). An empty range is one empty piece.
+    pub fn parts(&self, off: usize, len: usize) -> Option<Vec<&[u8]>> {
         let end = off.checked_add(len)?;
         if end > self.len() {
             return None;
         }
         match self {
-            Self::Whole(b) => b.get(off..end).map(<[u8]>::to_vec),
+            Self::Whole(b) => Some(vec![b.get(off..end)?]),
             Self::Shards { shards, size, .. } => {
-                let mut out = Vec::with_capacity(len);
+                let mut out = vec![&[][..]; usize::from(len == 0)];
                 let mut at = off;
                 while at < end {
                     let (i, within) = (at / size, at % size);
                     let n = (size - within).min(end - at);
                     let from = HEADER_LEN + within;
-                    out.extend_from_slice(shards.get(i)?.get(from..from + n)?);
+                    out.push(shards.get(i)?.get(from..from + n)?);
                     at += n;
                 }
                 Some(out)
@@ -310,16 +316,28 @@ impl BlockBytes {
     }
 
     /// The block in one buffer.
-    pub fn into_vec(self) -> Vec<u8> {
-        match self {
-            Self::Whole(b) => b,
+    pub fn into_vec(mut self) -> Vec<u8> {
+        match &mut self {
+            Self::Whole(b) => std::mem::take(b),
             Self::Shards { shards, len, .. } => join(
                 shards
                     .iter()
                     .map(|s| s.get(HEADER_LEN..).unwrap_or_default()),
-                len,
+                *len,
             )
             .unwrap_or_default(),
+        }
+    }
+}
+
+/// A block's fetched shards go back to [`pool::FETCHED`](crate::pool::FETCHED) for the
+/// next fetch.
+impl Drop for BlockBytes {
+    fn drop(&mut self) {
+        if let Self::Shards { shards, .. } = self {
+            for s in shards.drain(..) {
+                crate::pool::FETCHED.put(s);
+            }
         }
     }
 }

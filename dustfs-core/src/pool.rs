@@ -13,6 +13,12 @@
 
 use std::sync::Mutex;
 
+/// The shards fetched from suppliers: an answer's shard is read into one of these
+/// (`dustfs-net`'s `read_response_frame`), and a block's shards come back here when the block
+/// is let go ([`BlockBytes`](crate::erasure::BlockBytes)). New buffers were zeroed before the
+/// shard was read over them, 1.0% of a cold read's CPU samples.
+pub static FETCHED: BufPool = BufPool::for_shards();
+
 /// A bounded set of reusable buffers.
 pub struct BufPool {
     bufs: Mutex<Vec<Vec<u8>>>,
@@ -36,11 +42,15 @@ impl BufPool {
         }
     }
 
+    /// A kept buffer with room for `len` bytes, if there is one: one with less room would be
+    /// grown by `realloc`, which copies all its old bytes.
     fn pop(&self, len: usize) -> Option<Vec<u8>> {
         if len < self.min_len {
             return None;
         }
-        self.bufs.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        let i = bufs.iter().rposition(|b| b.capacity() >= len)?;
+        Some(bufs.swap_remove(i))
     }
 
     /// A buffer of exactly `len` bytes, to be read or written over. Its bytes are zero where
@@ -76,7 +86,9 @@ impl BufPool {
         b
     }
 
-    /// Keeps `buf` for a later [`take`](Self::take), within the pool's bounds.
+    /// Keeps `buf` for a later [`take`](Self::take), within the pool's bounds. A full pool
+    /// keeps the larger of `buf` and its smallest buffer, so buffers of mixed sizes (chunks)
+    /// do not leave it holding only small ones.
     pub fn put(&self, buf: Vec<u8>) {
         if buf.capacity() < self.min_len || buf.capacity() > self.max_bytes {
             return;
@@ -84,6 +96,14 @@ impl BufPool {
         let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
         if bufs.len() < self.max_bufs {
             bufs.push(buf);
+        } else if let Some(small) = bufs
+            .iter_mut()
+            .min_by_key(|b| b.capacity())
+            .filter(|b| b.capacity() < buf.capacity())
+        {
+            // The smaller one is freed after the lock is let go.
+            let _freed = std::mem::replace(small, buf);
+            drop(bufs);
         }
     }
 
@@ -120,8 +140,13 @@ mod tests {
         pool.put(Vec::with_capacity(100));
         pool.put(Vec::with_capacity(10_000));
         assert!(pool.is_empty());
+        let room = |cap: usize, len: usize| {
+            let mut v = Vec::with_capacity(cap);
+            v.resize(len, 0xAA);
+            v
+        };
         for _ in 0..3 {
-            pool.put(vec![0xAA; 4096]);
+            pool.put(room(8000, 4096));
         }
         assert_eq!(pool.len(), 2, "at most max_bufs kept");
 
@@ -144,6 +169,23 @@ mod tests {
         let small = pool.take(10);
         assert_eq!(small, vec![0; 10]);
         assert_eq!(pool.len(), 1);
+
+        // A buffer with less room than asked stays kept (growing it would copy it), and a
+        // new zeroed one comes instead.
+        let fresh = pool.take(3000);
+        assert!(fresh.iter().all(|&x| x == 0) && fresh.len() == 3000);
+        assert_eq!(pool.len(), 1);
+        // A full pool keeps the larger buffers: the 2048 one goes for a 6000 one; a smaller
+        // one is not kept.
+        pool.put(room(4096, 10));
+        pool.put(room(6000, 10));
+        let mut caps: Vec<usize> = (0..2).map(|_| pool.take(1024).capacity()).collect();
+        caps.sort_unstable();
+        assert!(caps[0] >= 4096 && caps[1] >= 6000, "{caps:?}");
+        pool.put(room(4096, 10));
+        pool.put(room(4096, 10));
+        pool.put(room(2048, 10));
+        assert!(pool.take(1024).capacity() >= 4096 && pool.take(1024).capacity() >= 4096);
         pool.clear();
         assert!(pool.is_empty());
     }

@@ -254,6 +254,67 @@ pub fn open_owned(
     Ok(sealed)
 }
 
+/// [`open`] of a sealed chunk that lies in pieces, one after the other (a block still in its
+/// shards), decrypted straight from them into `out`, which must be the plaintext's length
+/// (the pieces' total less [`SEAL_OVERHEAD`]). Nothing is copied first: copying each chunk
+/// out of its block to decrypt it in place was 2.5% of a cold read's CPU samples. On an
+/// error `out` holds unauthenticated bytes and must not be used.
+pub fn open_parts_into(
+    key: &[u8; 32],
+    id_key: &[u8; 32],
+    id: &ChunkId,
+    parts: &[&[u8]],
+    out: &mut [u8],
+) -> Result<(), SealError> {
+    let sealed: usize = parts.iter().map(|p| p.len()).sum();
+    let Some(plain_len) = sealed
+        .checked_sub(SEAL_OVERHEAD)
+        .filter(|&n| i32::try_from(n).is_ok())
+    else {
+        return Err(SealError::Auth);
+    };
+    if out.len() != plain_len {
+        return Err(SealError::Room {
+            need: plain_len,
+            have: out.len(),
+        });
+    }
+    // The tag is the last SEAL_OVERHEAD bytes, which may straddle pieces.
+    let mut tag = [0u8; SEAL_OVERHEAD];
+    let mut at = 0;
+    for p in parts {
+        let (start, end) = (at, at + p.len());
+        if end > plain_len {
+            let from = plain_len.max(start);
+            tag[from - plain_len..end - plain_len].copy_from_slice(&p[from - start..]);
+        }
+        at = end;
+    }
+    let mut ctx = xchacha(key, &nonce_of(id), &id.0, false)?;
+    ctx.set_tag(&tag)?;
+    let mut done = 0;
+    for p in parts {
+        let n = p.len().min(plain_len - done);
+        if n == 0 {
+            // An empty piece, or the tag's.
+            continue;
+        }
+        let written = ctx.cipher_update(&p[..n], Some(&mut out[done..done + n]))?;
+        if written != n {
+            return Err(SealError::Cipher(format!(
+                "ChaCha20-Poly1305 gave {written} bytes for {n}"
+            )));
+        }
+        done += n;
+    }
+    ctx.cipher_final_vec(&mut Vec::new())
+        .map_err(|_| SealError::Auth)?;
+    if ChunkId::of(id_key, out) != *id {
+        return Err(SealError::IdMismatch);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +377,45 @@ mod tests {
             s[b / 8] ^= 1 << (b % 8);
             prop_assert_eq!(open(&k, &ik, &id, &s), Err(SealError::Auth));
             prop_assert_eq!(open_owned(&k, &ik, &id, s), Err(SealError::Auth));
+        }
+
+        /// A sealed chunk cut into pieces anywhere (the tag split too, empty pieces among
+        /// them) opens into a dirty buffer as it opens whole; a flipped bit, a wrong length
+        /// or a wrong id is refused.
+        #[test]
+        fn a_chunk_in_pieces_opens_as_it_opens_whole(
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            cuts in proptest::collection::vec(any::<usize>(), 0..5),
+            bit in any::<usize>(),
+        ) {
+            let (k, ik) = ([1u8; 32], [2u8; 32]);
+            let id = ChunkId::of(&ik, &data);
+            let s = seal(&k, &id, &data).unwrap();
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (s.len() + 1)).collect();
+            at.push(0);
+            at.push(s.len());
+            // Always one cut inside the tag when there is room for it.
+            at.push(s.len() - SEAL_OVERHEAD / 2);
+            at.sort_unstable();
+            let split = |s: &[u8]| -> Vec<Vec<u8>> {
+                at.windows(2).map(|w| s[w[0]..w[1]].to_vec()).collect()
+            };
+            let pieces = split(&s);
+            let parts: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            let mut out = vec![0xA5u8; data.len()];
+            open_parts_into(&k, &ik, &id, &parts, &mut out).unwrap();
+            prop_assert_eq!(&out, &data);
+            let mut short = vec![0u8; data.len() + 1];
+            prop_assert_eq!(open_parts_into(&k, &ik, &id, &parts, &mut short),
+                Err(SealError::Room { need: data.len(), have: data.len() + 1 }));
+            let other = ChunkId::of(&ik, b"another chunk");
+            prop_assert_eq!(open_parts_into(&k, &ik, &other, &parts, &mut out), Err(SealError::Auth));
+            let mut bad = s.clone();
+            let b = bit % (bad.len() * 8);
+            bad[b / 8] ^= 1 << (b % 8);
+            let pieces = split(&bad);
+            let parts: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            prop_assert_eq!(open_parts_into(&k, &ik, &id, &parts, &mut out), Err(SealError::Auth));
         }
     }
 

@@ -741,7 +741,8 @@ pub async fn read_response_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io:
         }
         let rest = len - head.len();
         if head == shard_frame_head(rest) {
-            let mut body = vec![0u8; rest];
+            // Over a buffer a block let go of (`pool::FETCHED`): read over, not zeroed first.
+            let mut body = dustfs_core::pool::FETCHED.take(rest);
             io.read_exact(&mut body).await?;
             return Ok(Frame {
                 head,

@@ -291,6 +291,13 @@ pub(super) fn recover_open_block(
     Ok(buf)
 }
 
+/// A sealed chunk's bytes: copied out of their block, or left in a block fetched ahead
+/// (offset and length in it, checked to lie within it).
+pub(super) enum Sealed {
+    Owned(Vec<u8>),
+    InBlock(Arc<erasure::BlockBytes>, usize, usize),
+}
+
 /// Blocks fetched ahead of one sequential reader at most at once.
 const READAHEAD_BLOCKS: usize = 4;
 /// Blocks fetched ahead held in memory for their readers (oldest dropped first): room for two
@@ -310,13 +317,15 @@ pub(super) struct Readahead {
 }
 
 impl Readahead {
-    fn ready_slice(&self, no: u64, off: usize, len: usize) -> Option<FsResult<Vec<u8>>> {
+    /// Bytes `[off, off + len)` of block `no` if it was fetched ahead: left where they are.
+    fn ready_slice(&self, no: u64, off: usize, len: usize) -> Option<FsResult<Sealed>> {
         let (_, block) = self.ready.iter().find(|(n, _)| *n == no)?;
-        Some(
-            block
-                .slice(off, len)
-                .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}"))),
-        )
+        Some(match block.parts(off, len) {
+            Some(_) => Ok(Sealed::InBlock(block.clone(), off, len)),
+            None => Err(FsError::Corrupt(format!(
+                "chunk past the end of block {no}"
+            ))),
+        })
     }
 }
 
@@ -732,6 +741,17 @@ impl Engine {
 
     /// Bytes `[off, off+len)` of block `no`: from the open block, the cache, or suppliers.
     pub(super) fn block_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Vec<u8>> {
+        match self.block_sealed(no, off, len)? {
+            Sealed::Owned(v) => Ok(v),
+            Sealed::InBlock(block, off, len) => block
+                .slice(off, len)
+                .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}"))),
+        }
+    }
+
+    /// [`block_slice`](Self::block_slice), leaving the bytes where they are when they are in
+    /// a block fetched ahead.
+    pub(super) fn block_sealed(&self, no: u64, off: usize, len: usize) -> FsResult<Sealed> {
         {
             let st = lock(&self.state);
             if st.open.no == no {
@@ -740,7 +760,7 @@ impl Engine {
                     .buf
                     .bytes()
                     .get(off..off + len)
-                    .map(<[u8]>::to_vec)
+                    .map(|b| Sealed::Owned(b.to_vec()))
                     .ok_or_else(|| {
                         FsError::Corrupt(format!("chunk past the end of open block {no}"))
                     });
@@ -752,7 +772,7 @@ impl Engine {
                 return v;
             }
             if let Some(v) = self.cache_read(no, off, len)? {
-                return Ok(v);
+                return Ok(Sealed::Owned(v));
             }
             if waited {
                 break;
@@ -770,7 +790,7 @@ impl Engine {
         let block = self.fetch_into_cache(no)?;
         block
             .get(off..off + len)
-            .map(<[u8]>::to_vec)
+            .map(|b| Sealed::Owned(b.to_vec()))
             .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")))
     }
 
