@@ -33,10 +33,12 @@ iowait() { awk '/^cpu / {print $6}' /proc/stat; }
 # CPU seconds (user + system) a process has used so far: the mount's and the suppliers' shares
 # apart, since a change to one side should show there first.
 cpu_of() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The mount's main thread alone: it serves FUSE (reads decrypt and check chunks there).
+fuse_cpu() { local p; p=$(cat "$W/home/mount.pid"); cpu_of "$p/task/$p"; }
 sup_cpu() { local s=0 i; for i in 1 2 3 4 5 6; do s=$(python3 -c "print($s + $(cpu_of "$(cat "$W/net/node-$i/pid")"))"); done; echo "$s"; }
 run() {
-  local t0 t1 c0 c1 m0 m1 u0 u1
-  m0=$(cpu_of "$(cat "$W/home/mount.pid")"); u0=$(sup_cpu)
+  local t0 t1 c0 c1 m0 m1 u0 u1 f0 f1
+  m0=$(cpu_of "$(cat "$W/home/mount.pid")"); u0=$(sup_cpu); f0=$(fuse_cpu)
   c0=$(busy); s0=$(steal); w0=$(iowait)
   t0=$(date +%s.%N)
   if [ "${PERF:-1}" = 0 ]; then bash -c "$1"; else
@@ -44,9 +46,9 @@ run() {
   fi
   t1=$(date +%s.%N)
   c1=$(busy); s1=$(steal); w1=$(iowait)
-  m1=$(cpu_of "$(cat "$W/home/mount.pid")"); u1=$(sup_cpu)
+  m1=$(cpu_of "$(cat "$W/home/mount.pid")"); u1=$(sup_cpu); f1=$(fuse_cpu)
   python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s, {($c1 - $c0) / $(getconf CLK_TCK) * 1024 / $SIZE_MIB:.2f} CPU s/GiB, {($s1 - $s0) / $(getconf CLK_TCK):.1f} s stolen, {($w1 - $w0) / $(getconf CLK_TCK):.1f} s waiting on disk' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
-  python3 -c "print(f'CPU s/GiB by process: mount {($m1 - $m0) * 1024 / $SIZE_MIB:.2f}, suppliers {($u1 - $u0) * 1024 / $SIZE_MIB:.2f}')"
+  python3 -c "print(f'CPU s/GiB by process: mount {($m1 - $m0) * 1024 / $SIZE_MIB:.2f} (its FUSE thread {($f1 - $f0) * 1024 / $SIZE_MIB:.2f}), suppliers {($u1 - $u0) * 1024 / $SIZE_MIB:.2f}')"
 }
 case $WHAT in
   write) run "cp '$W/big' '$W/mnt/big' && echo \"cp done after \$(( \$(date +%s%N) / 1000000 - $(date +%s%3N) )) ms\" && '$B' --home '$W/home' sync >/dev/null" ;;

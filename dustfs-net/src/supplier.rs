@@ -66,6 +66,9 @@ pub enum Fault {
     /// Hides newer root records: answers with only its oldest genuine one, plus a forgery
     /// that claims a higher sequence number.
     StaleRoots,
+    /// Answers fetches with its shards' headers intact and a byte in every KiB of their
+    /// payload flipped (bit rot it does not notice); audits are answered truthfully.
+    Flip,
 }
 
 impl std::str::FromStr for Fault {
@@ -76,8 +79,9 @@ impl std::str::FromStr for Fault {
             "garbage" => Ok(Fault::Garbage),
             "drop" => Ok(Fault::Drop),
             "stale-roots" => Ok(Fault::StaleRoots),
+            "flip" => Ok(Fault::Flip),
             other => Err(format!(
-                "unknown fault {other:?} (expected honest, garbage, drop or stale-roots)"
+                "unknown fault {other:?} (expected honest, garbage, drop, stale-roots or flip)"
             )),
         }
     }
@@ -281,7 +285,7 @@ impl ShardDir {
         shard: &ShardId,
         range: Option<(u64, u64)>,
     ) -> Result<Frame, WireError> {
-        if range.is_none() && self.fault != Fault::Garbage {
+        if range.is_none() && !matches!(self.fault, Fault::Garbage | Fault::Flip) {
             match shard_answer_direct(&self.customer_dir(customer).join(shard.to_hex())) {
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
                 answer => return answer.map_err(internal),
@@ -293,6 +297,14 @@ impl ShardDir {
         let data = self.read_shard(customer, shard, Vec::with_capacity)?;
         let data = match self.fault {
             Fault::Garbage => garbage(data.len()),
+            Fault::Flip => {
+                let mut data = data;
+                let head = dustfs_core::shard::HEADER_LEN.min(data.len());
+                for b in data[head..].iter_mut().step_by(1024) {
+                    *b ^= 0x5A;
+                }
+                data
+            }
             _ => data,
         };
         let data = match range {

@@ -298,6 +298,20 @@ pub(super) enum Sealed {
     InBlock(Arc<erasure::BlockBytes>, usize, usize),
 }
 
+/// How much of a fetched shard is checked before the block is rebuilt from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Its BLAKE3 id: what the block is rebuilt from is what was stored. For blocks that go
+    /// into the cache, repairs and compaction, which keep or copy the bytes as they are.
+    Ids,
+    /// Its header (magic, version, index, length) only, for blocks fetched ahead of a
+    /// sequential reader, whose every chunk is authenticated by its seal when it is read
+    /// (XChaCha20-Poly1305 under the user's key, the chunk id as associated data, then the id
+    /// of its plaintext). Hashing each shard on arrival was 4.1% of a cold read's CPU samples
+    /// (`CALLGRAPH=dwarf scripts/profile.sh read 512`), the same bytes the seals check again.
+    Headers,
+}
+
 /// Blocks fetched ahead of one sequential reader at most at once.
 const READAHEAD_BLOCKS: usize = 4;
 /// Blocks fetched ahead held in memory for their readers (oldest dropped first): room for two
@@ -739,9 +753,11 @@ impl Engine {
         }
     }
 
-    /// Bytes `[off, off+len)` of block `no`: from the open block, the cache, or suppliers.
+    /// Bytes `[off, off+len)` of block `no`: from the open block, the cache, or suppliers
+    /// (every shard checked). Never from a block fetched ahead, whose shards were not checked
+    /// (see [`Check`]): what this returns may be copied elsewhere as it is (compaction).
     pub(super) fn block_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Vec<u8>> {
-        match self.block_sealed(no, off, len)? {
+        match self.block_bytes(no, off, len, false)? {
             Sealed::Owned(v) => Ok(v),
             Sealed::InBlock(block, off, len) => block
                 .slice(off, len)
@@ -749,9 +765,16 @@ impl Engine {
         }
     }
 
-    /// [`block_slice`](Self::block_slice), leaving the bytes where they are when they are in
-    /// a block fetched ahead.
-    pub(super) fn block_sealed(&self, no: u64, off: usize, len: usize) -> FsResult<Sealed> {
+    /// Bytes `[off, off+len)` of block `no` as [`block_slice`](Self::block_slice) finds them,
+    /// or, with `ahead`, for a reader that authenticates them (it decrypts them): left where
+    /// they are in a block fetched ahead, whose shards were taken as they came.
+    pub(super) fn block_bytes(
+        &self,
+        no: u64,
+        off: usize,
+        len: usize,
+        ahead: bool,
+    ) -> FsResult<Sealed> {
         {
             let st = lock(&self.state);
             if st.open.no == no {
@@ -765,6 +788,12 @@ impl Engine {
                         FsError::Corrupt(format!("chunk past the end of open block {no}"))
                     });
             }
+        }
+        if !ahead {
+            if let Some(v) = self.cache_read(no, off, len)? {
+                return Ok(Sealed::Owned(v));
+            }
+            return self.fetched_slice(no, off, len);
         }
         let mut waited = false;
         loop {
@@ -787,6 +816,11 @@ impl Engine {
             }
             waited = true;
         }
+        self.fetched_slice(no, off, len)
+    }
+
+    /// Bytes `[off, off+len)` of block `no`, fetched from suppliers into the cache.
+    fn fetched_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Sealed> {
         let block = self.fetch_into_cache(no)?;
         block
             .get(off..off + len)
@@ -796,16 +830,16 @@ impl Engine {
 
     /// Fetches a block from suppliers for a reader and keeps it in the block cache.
     fn fetch_into_cache(&self, no: u64) -> FsResult<Vec<u8>> {
-        let block = self.fetch_for_reader(no)?.into_vec();
+        let block = self.fetch_for_reader(no, Check::Ids)?.into_vec();
         self.cache_put(no, &block);
         Ok(block)
     }
 
     /// Fetches a block from suppliers for a reader.
-    fn fetch_for_reader(&self, no: u64) -> FsResult<erasure::BlockBytes> {
+    fn fetch_for_reader(&self, no: u64, check: Check) -> FsResult<erasure::BlockBytes> {
         // Counted while it waits on the network, so background repair yields to it.
         self.foreground_fetches.fetch_add(1, Ordering::SeqCst);
-        let r = self.fetch_block_parts(no);
+        let r = self.fetch_block_parts(no, check);
         self.foreground_fetches.fetch_sub(1, Ordering::SeqCst);
         let block = r?;
         self.fetched_bytes
@@ -821,11 +855,14 @@ impl Engine {
     /// cold 256 MiB read (`scripts/profile.sh read` with `CALLGRAPH=dwarf`, issue 8 note),
     /// and the reader read it back from that file. The first block of a read, small files
     /// and random reads are fetched by the reader itself and cached as before. The block
-    /// stays in its data shards: the reader copies each chunk out of them, instead of the
+    /// stays in its data shards: the reader decrypts each chunk out of them, instead of the
     /// block being copied into one buffer first (5% of the machine's CPU in a cold read:
-    /// the copy, and page faults on a fresh 4 MiB buffer per block).
+    /// the copy, and page faults on a fresh 4 MiB buffer per block). Its shards are not
+    /// checked against their ids ([`Check::Headers`]): every chunk read from it is
+    /// authenticated when it is decrypted, and one that fails has its block fetched again
+    /// with every shard checked (`chunk_plain`).
     fn fetch_ahead(&self, no: u64) -> FsResult<()> {
-        let block = Arc::new(self.fetch_for_reader(no)?);
+        let block = Arc::new(self.fetch_for_reader(no, Check::Headers)?);
         let mut ra = lock(&self.readahead.0);
         ra.ready.retain(|(n, _)| *n != no);
         if ra.ready.len() >= READY_BLOCKS {
@@ -964,11 +1001,11 @@ impl Engine {
     /// Fetches a block from its suppliers: the k data shards first, then parity shards for
     /// whatever is missing, fails verification or is slow to come, and rebuilds it.
     pub(super) fn fetch_block(&self, no: u64) -> FsResult<Vec<u8>> {
-        Ok(self.fetch_block_parts(no)?.into_vec())
+        Ok(self.fetch_block_parts(no, Check::Ids)?.into_vec())
     }
 
     /// [`Self::fetch_block`], the block left in its data shards when they all came.
-    fn fetch_block_parts(&self, no: u64) -> FsResult<erasure::BlockBytes> {
+    fn fetch_block_parts(&self, no: u64, check: Check) -> FsResult<erasure::BlockBytes> {
         let rec = self
             .block_record(no)?
             .ok_or_else(|| FsError::Corrupt(format!("block {no} has no record")))?;
@@ -1098,7 +1135,8 @@ impl Engine {
             if payloads[i].is_some() {
                 continue;
             }
-            match shard::parse(&bytes, Some(&rec.shards[i].id)).map(|(h, _)| h) {
+            let id = (check == Check::Ids).then_some(&rec.shards[i].id);
+            match shard::parse(&bytes, id).map(|(h, _)| h) {
                 Ok(h) if h.index as usize == i => payloads[i] = Some(bytes),
                 Ok(_) => warn!(
                     block = no,

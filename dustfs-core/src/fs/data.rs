@@ -500,9 +500,10 @@ impl Engine {
                 )));
             }
         };
-        let open = || -> FsResult<Vec<u8>> {
+        let open = |ahead: bool| -> FsResult<Vec<u8>> {
             let (key, id_key) = (&self.keys.seal, &self.keys.chunk_id);
-            let opened = match self.block_sealed(loc.block, loc.off as usize, loc.len as usize)? {
+            let (off, len) = (loc.off as usize, loc.len as usize);
+            let opened = match self.block_bytes(loc.block, off, len, ahead)? {
                 Sealed::Owned(sealed) => seal::open_owned(key, id_key, id, sealed),
                 Sealed::InBlock(block, off, len) => {
                     let parts = block.parts(off, len).ok_or_else(|| {
@@ -518,14 +519,15 @@ impl Engine {
                 _ => FsError::Corrupt(format!("{id:?}: {e}")),
             })
         };
-        let plain = match open() {
+        let plain = match open(true) {
             Ok(p) => Arc::new(p),
             Err(FsError::Corrupt(e)) => {
-                // A bad cached copy (a rotting local disk): forget it and rebuild the block
-                // from verified shards once.
-                tracing::warn!(error = %e, block = loc.block, "cached chunk fails authentication; refetching");
+                // A bad cached copy (a rotting local disk), or a block fetched ahead with a
+                // bad shard (those are not checked on arrival): forget it and rebuild the
+                // block from checked shards once, which also reports the bad shard.
+                tracing::warn!(error = %e, block = loc.block, "chunk fails authentication; fetching its block again, every shard checked");
                 self.discard_cached_block(loc.block)?;
-                Arc::new(open()?)
+                Arc::new(open(false)?)
             }
             Err(e) => return Err(e),
         };
