@@ -87,8 +87,8 @@ impl BufPool {
     }
 
     /// Keeps `buf` for a later [`take`](Self::take), within the pool's bounds. A full pool
-    /// keeps the larger of `buf` and its smallest buffer, so buffers of mixed sizes (chunks)
-    /// do not leave it holding only small ones.
+    /// keeps the larger of `buf` and its smallest buffer, so buffers of mixed sizes (a
+    /// block's last shards are shorter) do not leave it holding only small ones.
     pub fn put(&self, buf: Vec<u8>) {
         if buf.capacity() < self.min_len || buf.capacity() > self.max_bytes {
             return;

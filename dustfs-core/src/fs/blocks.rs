@@ -759,6 +759,7 @@ impl Engine {
     pub(super) fn block_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Vec<u8>> {
         match self.block_bytes(no, off, len, false)? {
             Sealed::Owned(v) => Ok(v),
+            // Not what `block_bytes` returns without `ahead`; copied all the same.
             Sealed::InBlock(block, off, len) => block
                 .slice(off, len)
                 .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}"))),

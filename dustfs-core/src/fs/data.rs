@@ -27,15 +27,7 @@ use super::{
 };
 use crate::chunk::{self, ChunkId};
 use crate::db::{self, cf};
-use crate::pool::BufPool;
 use crate::seal;
-
-/// Plaintext buffers of chunks read from blocks fetched ahead, back from the chunk cache when
-/// it lets a chunk go: a chunk is decrypted straight out of its block's shards into one of
-/// these instead of being copied out and decrypted in place (the copy was 2.5% of a cold
-/// read's CPU samples, `CALLGRAPH=dwarf scripts/profile.sh read`). At most 2 (a
-/// sequential reader takes one and the cache gives one back) of up to a largest chunk.
-static PLAIN_BUFS: BufPool = BufPool::new(2, 64 << 10, chunk::MAX_CHUNK as usize);
 
 /// A piece of a read: where in the output it goes and where its bytes come from.
 enum Piece {
@@ -509,7 +501,10 @@ impl Engine {
                     let parts = block.parts(off, len).ok_or_else(|| {
                         FsError::Corrupt(format!("chunk past the end of block {}", loc.block))
                     })?;
-                    let mut plain = PLAIN_BUFS.take(len.saturating_sub(seal::SEAL_OVERHEAD));
+                    // A new buffer, not one kept for reuse: kept plaintext buffers (given
+                    // back by the chunk cache) saved its zeroing, but held 15-25 MiB more
+                    // of the mount's memory after a cold read (heap they pinned).
+                    let mut plain = vec![0u8; len.saturating_sub(seal::SEAL_OVERHEAD)];
                     seal::open_parts_into(key, id_key, id, &parts, &mut plain).map(|()| plain)
                 }
             };
@@ -531,12 +526,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let evicted = lock(&self.chunk_cache).push(*id, plain.clone());
-        if let Some((_, old)) = evicted
-            && let Ok(old) = Arc::try_unwrap(old)
-        {
-            PLAIN_BUFS.put(old);
-        }
+        lock(&self.chunk_cache).put(*id, plain.clone());
         Ok(plain)
     }
 
