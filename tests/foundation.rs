@@ -279,9 +279,7 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     // one supplier and two blocks, 1 in 9: CI once saw none detected).
     c.mount();
     let data = root.join("data.bin");
-    write_random(&data, 17 << 20, 9);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 17 << 20, 9);
     c.cache_drop();
     let mut flipped = 0;
     for f in net
@@ -326,9 +324,7 @@ fn a_supplier_over_quota_is_passed_over_for_another() {
     // The six testnet suppliers and the small one.
     c.wait_suppliers(7);
     let data = root.join("data.bin");
-    write_random(&data, 24 << 20, 11);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 24 << 20, 11);
     let st = c.status();
     assert_eq!(st["upload_queue"]["shards"], 0, "{st}");
     let blocks = st["blocks"].as_object().expect("blocks");
@@ -347,8 +343,7 @@ fn a_supplier_over_quota_is_passed_over_for_another() {
         c.log().contains("supplier refused a shard"),
         "the quota was never hit"
     );
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
 }
 

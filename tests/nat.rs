@@ -37,14 +37,11 @@ fn a_customer_behind_a_nat_router_backs_up_to_public_suppliers_and_reads_back() 
     mount_on(&home, &c);
     c.wait_suppliers(6);
     let data = root.join("data.bin");
-    write_random(&data, 12 << 20, 81);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 12 << 20, 81);
     let st = c.status();
     assert_eq!(st["upload_queue"]["shards"], 0, "{st}");
     // The suppliers saw the router's public address, never the private one.
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
     drop(net);
     drop(topo);
@@ -105,8 +102,7 @@ fn hole_punching(tag: &str, t: Transport, all_direct: bool) -> (usize, usize) {
             st["hole_punched_ms"]
         );
         // Read back through whatever path each supplier has now.
-        c.cache_drop();
-        assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+        c.reads_back(&data, "data.bin");
     }
     // Both NATed suppliers hold shards of both customers (one directory per customer).
     for s in ["s1", "s2"] {
@@ -152,11 +148,8 @@ fn behind_symmetric_nats_data_flows_through_a_relay() {
     mount_on(&h1, &c);
     c.wait_suppliers(6);
     let data = root.join("data.bin");
-    write_random(&data, 8 << 20, 93);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.copy_in(&data, "data.bin", 8 << 20, 93);
+    c.reads_back(&data, "data.bin");
     let st = c.status();
     // Hole punching cannot work through symmetric NATs: the supplier is reached, and holds
     // shards, through a relay, and the status says so.
@@ -185,17 +178,14 @@ fn behind_symmetric_nats_data_flows_through_a_relay() {
     // data no longer goes to the supplier reached only through it.
     let _s7 = supplier_on(&public, &root, "s7", &net, Transport::Both);
     c.wait_suppliers(7);
-    write_random(&data, 8 << 20, 94);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("more.bin")));
-    c.sync();
+    c.copy_in(&data, "more.bin", 8 << 20, 94);
     assert_eq!(
         shard_files_in(&root.join("s1").join("shards")),
         held,
         "new shards went through the relay although 6 direct suppliers were there"
     );
     assert!(!shard_files_in(&root.join("s7").join("shards")).is_empty());
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("more.bin")), sha256(&data));
+    c.reads_back(&data, "more.bin");
     c.umount();
 }
 

@@ -542,9 +542,7 @@ fn the_cache_mb_option_bounds_the_local_cache() {
     }
     assert_eq!(size, 40 << 30, "df reports {size} bytes");
     let data = root.join("data.bin");
-    write_random(&data, 120 << 20, 5);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 120 << 20, 5);
     let cached = c.status()["cache_bytes"].as_u64().expect("cache_bytes");
     assert!(
         cached <= 32 << 20,

@@ -29,9 +29,7 @@ fn two_dead_suppliers_are_replaced_and_every_block_rebuilt_then_two_more_may_fai
     c.mount();
     c.wait_suppliers(8);
     let data = root.join("data.bin");
-    write_random(&data, 30 << 20, 41);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 30 << 20, 41);
     let st = c.status();
     let total = st["blocks"]["healthy"].as_u64().expect("healthy");
     // The file's 30 MiB fill that many full blocks at least, besides the last one.
@@ -48,8 +46,7 @@ fn two_dead_suppliers_are_replaced_and_every_block_rebuilt_then_two_more_may_fai
     // Two more of the original suppliers fail: every byte still reads back from the rest.
     net.kill(3);
     net.kill(4);
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
 }
 
@@ -63,9 +60,7 @@ fn flipped_bytes_on_a_suppliers_disk_are_found_by_audits_and_repaired() {
     c.mount();
     c.wait_suppliers(8);
     let data = root.join("data.bin");
-    write_random(&data, 20 << 20, 43);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 20 << 20, 43);
     let total = c.status()["blocks"]["healthy"].as_u64().expect("healthy");
     // Bit rot on supplier 3's disk: every 1 KiB of every shard it holds. Nothing is read.
     let bad = peer_id(&net, 3);
@@ -88,8 +83,7 @@ fn flipped_bytes_on_a_suppliers_disk_are_found_by_audits_and_repaired() {
     });
     assert!(c.status()["audits"]["failed"].as_u64().unwrap_or(0) >= 1);
     eprintln!("corrupt supplier found by audits and {total} blocks repaired in {took:?}");
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
 }
 
@@ -110,9 +104,7 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
     c.mount();
     c.wait_suppliers(8);
     let data = root.join("data.bin");
-    write_random(&data, 48 << 20, 47);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 48 << 20, 47);
     let total = c.status()["blocks"]["healthy"].as_u64().expect("healthy");
     net.kill(1);
     net.kill(2);
@@ -137,8 +129,7 @@ fn a_mount_killed_in_the_middle_of_a_repair_finishes_it_after_a_restart() {
     c.wait_fully_repaired(total, Duration::from_secs(180), |_| true);
     net.kill(3);
     net.kill(4);
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
 }
 
@@ -163,14 +154,11 @@ fn suppliers_that_answer_garbage_or_drop_shards_are_caught_and_replaced() {
     c.mount();
     c.wait_suppliers(8);
     let data = root.join("data.bin");
-    write_random(&data, 24 << 20, 53);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 24 << 20, 53);
     let total = c.status()["blocks"]["healthy"].as_u64().expect("healthy");
     // Read back at once, before audits have necessarily caught anyone: every byte is right
     // (shards are verified against their ids; a bad one is replaced by parity).
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     let bad = [
         peer_id_of(&root.join("garbage-node")),
         peer_id_of(&root.join("drop-node")),
@@ -190,8 +178,7 @@ fn suppliers_that_answer_garbage_or_drop_shards_are_caught_and_replaced() {
     drop(dropper);
     net.kill(1);
     net.kill(2);
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
 }
 
@@ -215,9 +202,7 @@ fn a_supplier_that_hangs_does_not_hold_up_reads() {
     let (c, _) = Customer::init(&root, &net);
     c.mount();
     let data = root.join("data.bin");
-    write_random(&data, 40 << 20, 61);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
+    c.copy_in(&data, "data.bin", 40 << 20, 61);
     c.cache_drop();
     let pid = net.pid(3);
     ok(Command::new("kill").arg("-STOP").arg(pid.to_string()));
@@ -255,17 +240,13 @@ fn a_supplier_serving_rotten_shards_changes_nothing_a_reader_sees() {
     c.mount();
     c.wait_suppliers(6);
     let data = root.join("data.bin");
-    write_random(&data, 48 << 20, 67);
-    ok(Command::new("cp").arg(&data).arg(c.mnt.join("data.bin")));
-    c.sync();
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.copy_in(&data, "data.bin", 48 << 20, 67);
+    c.reads_back(&data, "data.bin");
     let st = c.status();
     assert!(
         st["corrupt_shards_detected"].as_u64().unwrap_or(0) >= 1,
         "{st}"
     );
-    c.cache_drop();
-    assert_eq!(sha256(&c.mnt.join("data.bin")), sha256(&data));
+    c.reads_back(&data, "data.bin");
     c.umount();
 }

@@ -373,6 +373,21 @@ impl Customer {
         ok(self.cmd().args(["cache", "drop"]));
     }
 
+    /// Writes `len` random bytes (from `seed`) to `src`, copies them into the mount as `name`
+    /// with cp, and syncs: the file is durable on suppliers when this returns.
+    pub fn copy_in(&self, src: &Path, name: &str, len: u64, seed: u64) {
+        write_random(src, len, seed);
+        ok(Command::new("cp").arg(src).arg(self.mnt.join(name)));
+        self.sync();
+    }
+
+    /// Drops the caches and checks that `name` in the mount reads back as `src` (a read from
+    /// suppliers).
+    pub fn reads_back(&self, src: &Path, name: &str) {
+        self.cache_drop();
+        assert_eq!(sha256(&self.mnt.join(name)), sha256(src), "{name}");
+    }
+
     /// Unmounts as a user does and waits for the mount process to finish its uploads and exit.
     pub fn umount(&self) {
         let pid = self.mount_pid();
