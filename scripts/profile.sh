@@ -35,7 +35,7 @@ iowait() { awk '/^cpu / {print $6}' /proc/stat; }
 cpu_of() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # The mount's main thread alone: it serves FUSE (reads decrypt and check chunks there).
 fuse_cpu() { local p; p=$(cat "$W/home/mount.pid"); cpu_of "$p/task/$p"; }
-sup_cpu() { local s=0 i; for i in 1 2 3 4 5 6; do s=$(python3 -c "print($s + $(cpu_of "$(cat "$W/net/node-$i/pid")"))"); done; echo "$s"; }
+sup_cpu() { local i; for i in 1 2 3 4 5 6; do cpu_of "$(cat "$W/net/node-$i/pid")"; done | awk '{s += $1} END {print s}'; }
 run() {
   local t0 t1 c0 c1 m0 m1 u0 u1 f0 f1
   m0=$(cpu_of "$(cat "$W/home/mount.pid")"); u0=$(sup_cpu); f0=$(fuse_cpu)

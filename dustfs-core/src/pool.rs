@@ -19,6 +19,10 @@ use std::sync::Mutex;
 /// shard was read over them, 1.0% of a cold read's CPU samples.
 pub static FETCHED: BufPool = BufPool::for_shards();
 
+/// The smallest buffer [`BufPool::for_shards`] hands out or keeps; smaller requests get new
+/// buffers.
+pub const SHARD_BUF_MIN: usize = 64 << 10;
+
 /// A bounded set of reusable buffers.
 pub struct BufPool {
     bufs: Mutex<Vec<Vec<u8>>>,
@@ -110,7 +114,7 @@ impl BufPool {
     /// The pool for shard-sized buffers (frames, answers, aligned copies): at most 4 of 64 KiB
     /// to 4 MiB (a 2 MiB shard with its frame's head and alignment padding fits), 16 MiB.
     pub const fn for_shards() -> Self {
-        Self::new(4, 64 << 10, 4 << 20)
+        Self::new(4, SHARD_BUF_MIN, 4 << 20)
     }
 
     /// Lets every kept buffer go back to the allocator.

@@ -716,8 +716,8 @@ async fn read_request_frame_in<T: AsyncRead + Unpin + Send>(
 }
 
 /// Request frames below this many bytes are read into new buffers, larger ones (stores) over
-/// [`FRAME_POOL`]'s (whose smallest kept buffer is this long too).
-const POOLED_FRAME_MIN: usize = 64 << 10;
+/// [`FRAME_POOL`]'s.
+const POOLED_FRAME_MIN: usize = dustfs_core::pool::SHARD_BUF_MIN;
 
 /// Reads a response frame. A shard answer (the bulk of every read) is read as its head and,
 /// into a buffer of its own, the shard's bytes: cutting the head off a whole frame afterwards

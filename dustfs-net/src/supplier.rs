@@ -846,9 +846,12 @@ mod tests {
         let on_tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
         for dir in [on_disk.path(), on_tmpfs.path()] {
             for len in [DIRECT_MIN, DIRECT_MIN + 1, (2 << 20) + 16] {
-                let mut buf = vec![0u8; len + 2 * DIRECT_ALIGN];
-                let addr = buf.as_ptr() as usize;
-                let at = addr.next_multiple_of(DIRECT_ALIGN) - addr;
+                // Byte `at` on a page boundary, with room behind it for the unaligned starts.
+                let (mut buf, at) = dustfs_core::pool::BufPool::for_shards().take_aligned(
+                    len + DIRECT_ALIGN,
+                    0,
+                    DIRECT_ALIGN,
+                );
                 for (i, b) in buf.iter_mut().enumerate() {
                     *b = (i * 31 + i / 4096) as u8;
                 }

@@ -292,7 +292,7 @@ pub(super) fn recover_open_block(
 }
 
 /// A sealed chunk's bytes: copied out of their block, or left in a block fetched ahead
-/// (offset and length in it, checked to lie within it).
+/// (offset and length in it; [`erasure::BlockBytes::parts`] checks they lie within it).
 pub(super) enum Sealed {
     Owned(Vec<u8>),
     InBlock(Arc<erasure::BlockBytes>, usize, usize),
@@ -328,19 +328,6 @@ pub(super) struct Readahead {
     in_flight: HashSet<u64>,
     /// Blocks fetched ahead, in memory until their reader has taken its chunks from them.
     ready: std::collections::VecDeque<(u64, Arc<erasure::BlockBytes>)>,
-}
-
-impl Readahead {
-    /// Bytes `[off, off + len)` of block `no` if it was fetched ahead: left where they are.
-    fn ready_slice(&self, no: u64, off: usize, len: usize) -> Option<FsResult<Sealed>> {
-        let (_, block) = self.ready.iter().find(|(n, _)| *n == no)?;
-        Some(match block.parts(off, len) {
-            Some(_) => Ok(Sealed::InBlock(block.clone(), off, len)),
-            None => Err(FsError::Corrupt(format!(
-                "chunk past the end of block {no}"
-            ))),
-        })
-    }
 }
 
 impl Default for Readahead {
@@ -757,25 +744,6 @@ impl Engine {
     /// (every shard checked). Never from a block fetched ahead, whose shards were not checked
     /// (see [`Check`]): what this returns may be copied elsewhere as it is (compaction).
     pub(super) fn block_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Vec<u8>> {
-        match self.block_bytes(no, off, len, false)? {
-            Sealed::Owned(v) => Ok(v),
-            // Not what `block_bytes` returns without `ahead`; copied all the same.
-            Sealed::InBlock(block, off, len) => block
-                .slice(off, len)
-                .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}"))),
-        }
-    }
-
-    /// Bytes `[off, off+len)` of block `no` as [`block_slice`](Self::block_slice) finds them,
-    /// or, with `ahead`, for a reader that authenticates them (it decrypts them): left where
-    /// they are in a block fetched ahead, whose shards were taken as they came.
-    pub(super) fn block_bytes(
-        &self,
-        no: u64,
-        off: usize,
-        len: usize,
-        ahead: bool,
-    ) -> FsResult<Sealed> {
         {
             let st = lock(&self.state);
             if st.open.no == no {
@@ -784,49 +752,46 @@ impl Engine {
                     .buf
                     .bytes()
                     .get(off..off + len)
-                    .map(|b| Sealed::Owned(b.to_vec()))
+                    .map(<[u8]>::to_vec)
                     .ok_or_else(|| {
                         FsError::Corrupt(format!("chunk past the end of open block {no}"))
                     });
             }
         }
-        if !ahead {
-            if let Some(v) = self.cache_read(no, off, len)? {
-                return Ok(Sealed::Owned(v));
-            }
-            return self.fetched_slice(no, off, len);
+        if let Some(v) = self.cache_read(no, off, len)? {
+            return Ok(v);
         }
-        let mut waited = false;
-        loop {
-            if let Some(v) = lock(&self.readahead.0).ready_slice(no, off, len) {
-                return v;
-            }
-            if let Some(v) = self.cache_read(no, off, len)? {
-                return Ok(Sealed::Owned(v));
-            }
-            if waited {
-                break;
-            }
-            // Being fetched ahead: wait for that fetch rather than fetching the block twice.
-            let mut ra = lock(&self.readahead.0);
-            if !ra.in_flight.contains(&no) {
-                break;
-            }
-            while ra.in_flight.contains(&no) {
-                ra = self.readahead.1.wait(ra).unwrap_or_else(|p| p.into_inner());
-            }
-            waited = true;
-        }
-        self.fetched_slice(no, off, len)
-    }
-
-    /// Bytes `[off, off+len)` of block `no`, fetched from suppliers into the cache.
-    fn fetched_slice(&self, no: u64, off: usize, len: usize) -> FsResult<Sealed> {
         let block = self.fetch_into_cache(no)?;
         block
             .get(off..off + len)
-            .map(|b| Sealed::Owned(b.to_vec()))
+            .map(<[u8]>::to_vec)
             .ok_or_else(|| FsError::Corrupt(format!("chunk past the end of block {no}")))
+    }
+
+    /// The sealed bytes `[off, off+len)` of block `no` for a reader that authenticates them
+    /// (it decrypts them): left where they are in a block fetched ahead, whose shards were
+    /// taken as they came; otherwise as [`block_slice`](Self::block_slice) finds them.
+    pub(super) fn block_sealed(&self, no: u64, off: usize, len: usize) -> FsResult<Sealed> {
+        let ready = |ra: &Readahead| {
+            ra.ready
+                .iter()
+                .find(|(n, _)| *n == no)
+                .map(|(_, b)| Sealed::InBlock(b.clone(), off, len))
+        };
+        if let Some(s) = ready(&lock(&self.readahead.0)) {
+            return Ok(s);
+        }
+        if !lock(&self.cache).blocks.contains_key(&no) {
+            // Being fetched ahead: wait for that fetch rather than fetching the block twice.
+            let mut ra = lock(&self.readahead.0);
+            while ra.in_flight.contains(&no) {
+                ra = self.readahead.1.wait(ra).unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some(s) = ready(&ra) {
+                return Ok(s);
+            }
+        }
+        self.block_slice(no, off, len).map(Sealed::Owned)
     }
 
     /// Fetches a block from suppliers for a reader and keeps it in the block cache.

@@ -492,10 +492,10 @@ impl Engine {
                 )));
             }
         };
-        let open = |ahead: bool| -> FsResult<Vec<u8>> {
+        let (off, len) = (loc.off as usize, loc.len as usize);
+        let open = |sealed: FsResult<Sealed>| -> FsResult<Vec<u8>> {
             let (key, id_key) = (&self.keys.seal, &self.keys.chunk_id);
-            let (off, len) = (loc.off as usize, loc.len as usize);
-            let opened = match self.block_bytes(loc.block, off, len, ahead)? {
+            let opened = match sealed? {
                 Sealed::Owned(sealed) => seal::open_owned(key, id_key, id, sealed),
                 Sealed::InBlock(block, off, len) => {
                     let parts = block.parts(off, len).ok_or_else(|| {
@@ -514,7 +514,7 @@ impl Engine {
                 _ => FsError::Corrupt(format!("{id:?}: {e}")),
             })
         };
-        let plain = match open(true) {
+        let plain = match open(self.block_sealed(loc.block, off, len)) {
             Ok(p) => Arc::new(p),
             Err(FsError::Corrupt(e)) => {
                 // A bad cached copy (a rotting local disk), or a block fetched ahead with a
@@ -522,7 +522,9 @@ impl Engine {
                 // block from checked shards once, which also reports the bad shard.
                 tracing::warn!(error = %e, block = loc.block, "chunk fails authentication; fetching its block again, every shard checked");
                 self.discard_cached_block(loc.block)?;
-                Arc::new(open(false)?)
+                Arc::new(open(
+                    self.block_slice(loc.block, off, len).map(Sealed::Owned),
+                )?)
             }
             Err(e) => return Err(e),
         };
