@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Profiles one dustfs workload system-wide with perf (every process: the mount, the suppliers,
 # the kernel) and prints where the CPU time went, by process and by function.
-# Usage: scripts/profile.sh write|read [SIZE_MIB (512)]   (root; builds release; needs perf)
-#   write: copy SIZE_MIB of random data in and `dustfs sync` (durable on suppliers)
+# Usage: scripts/profile.sh write|read|rsync [SIZE (512)]   (root; builds release; needs perf)
+#   write: copy SIZE MiB of random data in and `dustfs sync` (durable on suppliers)
+#   rsync: `rsync -a` of SIZE files of 10 KiB (as scripts/bench.sh makes them) and `dustfs sync`;
+#          the CPU figures are then per GiB of those files
 #   read:  cold sequential read of it after `dustfs cache drop` and dropping the page cache
 #          (profiled), then a warm one (timed only)
 # The raw profile stays in /tmp/dustfs-profile.data for `perf report -i`. PERF=0 only times it.
@@ -14,7 +16,21 @@ SIZE_MIB=${2:-512}
 command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
 . scripts/workdir.sh profile
 mkdir -p "$W/mnt"
-head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/big"
+if [ "$WHAT" = rsync ]; then
+  python3 - "$W/small" "$SIZE_MIB" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    sub = os.path.join(d, f"d{i // 500:02d}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"f{i:05d}"), "wb") as f:
+        f.write(os.urandom(10240))
+PY
+  NFILES=$SIZE_MIB
+  SIZE_MIB=$(python3 -c "print($NFILES * 10240 / 2**20)")
+else
+  head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/big"
+fi
 "$B" testnet up --dir "$W/net" --nodes 6 >/dev/null
 "$B" --home "$W/home" init --bootstrap "$W/net/bootstrap" --listen /ip4/127.0.0.1/tcp/0 \
   --listen /ip4/127.0.0.1/udp/0/quic-v1 >/dev/null
@@ -48,10 +64,14 @@ run() {
   c1=$(busy); s1=$(steal); w1=$(iowait)
   m1=$(cpu_of "$(cat "$W/home/mount.pid")"); u1=$(sup_cpu); f1=$(fuse_cpu)
   python3 -c "print(f'$WHAT: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s, {($c1 - $c0) / $(getconf CLK_TCK) * 1024 / $SIZE_MIB:.2f} CPU s/GiB, {($s1 - $s0) / $(getconf CLK_TCK):.1f} s stolen, {($w1 - $w0) / $(getconf CLK_TCK):.1f} s waiting on disk' + ('' if '${PERF:-1}' == '0' else ' under perf'))"
+  if [ -n "${NFILES:-}" ]; then python3 -c "print(f'{$NFILES / ($t1 - $t0):.0f} files/s')"; fi
   python3 -c "print(f'CPU s/GiB by process: mount {($m1 - $m0) * 1024 / $SIZE_MIB:.2f} (its FUSE thread {($f1 - $f0) * 1024 / $SIZE_MIB:.2f}), suppliers {($u1 - $u0) * 1024 / $SIZE_MIB:.2f}')"
 }
 case $WHAT in
   write) run "cp '$W/big' '$W/mnt/big' && echo \"cp done after \$(( \$(date +%s%N) / 1000000 - $(date +%s%3N) )) ms\" && '$B' --home '$W/home' sync >/dev/null" ;;
+  rsync)
+    run "rsync -a '$W/small/' '$W/mnt/small/' && '$B' --home '$W/home' sync >/dev/null"
+    ;;
   read)
     cp "$W/big" "$W/mnt/big" && "$B" --home "$W/home" sync >/dev/null
     "$B" --home "$W/home" cache drop >/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
@@ -59,7 +79,7 @@ case $WHAT in
     t0=$(date +%s.%N); cat "$W/mnt/big" > /dev/null; t1=$(date +%s.%N)
     python3 -c "print(f'warm read right after: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s')"
     "$B" --home "$W/home" status --json | python3 -c 'import json,sys; print("spare (hedged) shard fetches:", json.load(sys.stdin)["hedged_fetches"])' ;;
-  *) echo "usage: $0 write|read [SIZE_MIB]" >&2; exit 2 ;;
+  *) echo "usage: $0 write|read|rsync [SIZE]" >&2; exit 2 ;;
 esac
 rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 echo "peak RSS: mount $(rss "$(cat "$W/home/mount.pid")") MiB, suppliers$(for i in 1 2 3 4 5 6; do printf ' %s' "$(rss "$(cat "$W/net/node-$i/pid")")"; done) MiB"

@@ -410,9 +410,10 @@ impl Node {
         let peer_id = cfg.keypair.public().to_peer_id();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair)
             .with_tokio()
+            // TLS with AES-GCM first (see `tls.rs` for why), Noise for peers without it.
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                noise::Config::new,
+                (crate::tls::Config::new, noise::Config::new),
                 yamux::Config::default,
             )
             .map_err(|e| NetError::Transport(e.to_string()))?

@@ -9,5 +9,6 @@ pub mod host;
 pub mod protocol;
 pub mod store;
 pub mod supplier;
+pub mod tls;
 
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
