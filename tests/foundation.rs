@@ -197,6 +197,73 @@ fn write_only_handles_bypass_the_page_cache_and_every_reader_sees_their_bytes() 
     c.umount();
 }
 
+/// The kernel remembers names looked up and found missing (for the entry lifetime, 1 s), so
+/// `rsync` and `cp` do not ask twice; whatever then makes such a name through the mount makes
+/// it visible at once, in the same second, and a name removed is missing at once.
+#[test]
+fn a_name_seen_missing_appears_as_soon_as_it_is_made() {
+    use std::io::ErrorKind::NotFound;
+    use std::os::unix::fs::FileTypeExt;
+    require_root_and_fuse();
+    let root = scratch("negative");
+    let net = Testnet::up(&root, 6);
+    let (c, _) = Customer::init(&root, &net);
+    c.mount();
+    let m = &c.mnt;
+    std::fs::create_dir(m.join("sub")).expect("mkdir sub");
+    std::fs::write(m.join("sub/src"), b"moved here").expect("write src");
+    std::fs::write(m.join("orig"), b"linked").expect("write orig");
+    let missing =
+        |n: &str| matches!(std::fs::symlink_metadata(m.join(n)), Err(e) if e.kind() == NotFound);
+    // Each name is looked up (missing) right before it is made and checked right after, well
+    // within the second the kernel keeps the missing entry.
+    let made: [(&str, &dyn Fn()); 6] = [
+        ("file", &|| {
+            std::fs::write(m.join("file"), b"new").expect("create")
+        }),
+        ("dir", &|| {
+            std::fs::create_dir(m.join("dir")).expect("mkdir")
+        }),
+        ("link", &|| {
+            std::os::unix::fs::symlink("file", m.join("link")).expect("symlink")
+        }),
+        ("hard", &|| {
+            std::fs::hard_link(m.join("orig"), m.join("hard")).expect("link")
+        }),
+        ("moved", &|| {
+            std::fs::rename(m.join("sub/src"), m.join("moved")).expect("rename")
+        }),
+        ("fifo", &|| {
+            ok(Command::new("mkfifo").arg(m.join("fifo")));
+        }),
+    ];
+    for (name, make) in made {
+        assert!(missing(name), "{name} exists before it was made");
+        make();
+        assert!(!missing(name), "{name} was made but is still missing");
+    }
+    assert_eq!(std::fs::read(m.join("file")).expect("read file"), b"new");
+    assert!(
+        m.join("dir").is_dir(),
+        "the new directory is not a directory"
+    );
+    assert_eq!(std::fs::read(m.join("link")).expect("read link"), b"new");
+    assert_eq!(std::fs::read(m.join("hard")).expect("read hard"), b"linked");
+    assert_eq!(
+        std::fs::read(m.join("moved")).expect("read moved"),
+        b"moved here"
+    );
+    let fifo = std::fs::symlink_metadata(m.join("fifo")).expect("stat fifo");
+    assert!(fifo.file_type().is_fifo(), "the fifo is not a fifo");
+    assert!(
+        missing("sub/src"),
+        "the renamed file is still at its old name"
+    );
+    std::fs::remove_file(m.join("file")).expect("unlink");
+    assert!(missing("file"), "an unlinked name is still there");
+    c.umount();
+}
+
 #[test]
 fn suppliers_hold_no_plaintext_and_identical_data_is_stored_once() {
     require_root_and_fuse();

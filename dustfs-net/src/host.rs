@@ -228,7 +228,7 @@ fn outbound_failure(peer: PeerId, error: request_response::OutboundFailure) -> N
 
 /// The addresses of a peer worth dialling. When this node speaks TCP and the peer has TCP
 /// addresses of a kind (direct, or through a relay), its other addresses of that kind are
-/// left out: bulk transfers over libp2p's TCP (Noise + yamux) measured 20-35% faster than over
+/// left out: bulk transfers over libp2p's TCP (Noise + yamux; TLS since, see `tls.rs`) measured 20-35% faster than over
 /// its QUIC on this machine (issue 8 note: 512 MiB write 141-157 vs 116-124 MB/s, cold read
 /// 245-250 vs 176-182 MB/s; quinn's 1452-byte packets each cost a UDP syscall, an
 /// encryption and an ack, where loopback TCP moves 64 KiB segments). QUIC stays for peers

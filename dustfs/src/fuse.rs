@@ -81,6 +81,27 @@ fn attr(i: &Inode) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: only the node id (0) means anything to the kernel.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: 0,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
 fn ts(t: TimeOrNow) -> Ts {
     match t {
         TimeOrNow::SpecificTime(s) => Ts::from(s),
@@ -345,7 +366,15 @@ impl Filesystem for DustFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.engine.lookup(parent, name), reply);
+        match self.engine.lookup(parent, name) {
+            // A name that is not there is remembered by the kernel for `TTL`, as names that
+            // are there are (node id 0: a negative entry with a lifetime). `rsync` looks up
+            // each file's name before it creates it and again before it renames its temporary
+            // file onto it; `cp` and `tar` look before they create. Every change to the
+            // namespace comes through the kernel, which replaces the negative entry itself.
+            Err(FsError::NotFound) => reply.entry(&TTL, &negative_entry(), 0),
+            r => self.entry(r, reply),
+        }
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
