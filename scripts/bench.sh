@@ -19,15 +19,7 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 mkdir -p "$W/src/small" "$W/direct" "$W/bindsrc" "$W/bind" "$W/mnt"
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/src/big"
-python3 - "$W/src/small" "$NFILES" <<'PY'
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    sub = os.path.join(d, f"d{i // 500:02d}")
-    os.makedirs(sub, exist_ok=True)
-    with open(os.path.join(sub, f"f{i:05d}"), "wb") as f:
-        f.write(os.urandom(10240))
-PY
+python3 scripts/small-files.py "$W/src/small" "$NFILES"
 MB=$SIZE_MIB
 
 declare -A R

@@ -17,15 +17,7 @@ command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-per
 . scripts/workdir.sh profile
 mkdir -p "$W/mnt"
 if [ "$WHAT" = rsync ]; then
-  python3 - "$W/small" "$SIZE_MIB" <<'PY'
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    sub = os.path.join(d, f"d{i // 500:02d}")
-    os.makedirs(sub, exist_ok=True)
-    with open(os.path.join(sub, f"f{i:05d}"), "wb") as f:
-        f.write(os.urandom(10240))
-PY
+  python3 scripts/small-files.py "$W/small" "$SIZE_MIB"
   NFILES=$SIZE_MIB
   SIZE_MIB=$(python3 -c "print($NFILES * 10240 / 2**20)")
 else

@@ -254,6 +254,11 @@ fn check_tls13(
     Ok(HandshakeSignatureValid::assertion())
 }
 
+/// Only TLS 1.3 is configured, so this is never asked; if it were, refuse rather than trust.
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("libp2p TLS is TLS 1.3 only".into()))
+}
+
 impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
@@ -273,8 +278,7 @@ impl ServerCertVerifier for Verifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Only TLS 1.3 is configured; refuse rather than trust.
-        Err(rustls::Error::General("libp2p TLS is TLS 1.3 only".into()))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -320,7 +324,7 @@ impl ClientCertVerifier for Verifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("libp2p TLS is TLS 1.3 only".into()))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
