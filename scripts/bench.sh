@@ -23,17 +23,22 @@ python3 scripts/small-files.py "$W/src/small" "$NFILES"
 MB=$SIZE_MIB
 
 declare -A R
+# Busy CPU time of the whole machine, in clock ticks (user + nice + system + irq + softirq):
+# what each dustfs workload cost the machine, printed beside the rates. On this shared host the
+# rates swing with the load of other guests; CPU per GiB swings less (scripts/profile.sh).
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+declare -A C
 bench_target() { # name dir sync-cmd cold-cmd
-  local name=$1 dir=$2 synccmd=$3 coldcmd=$4 t0 t1
-  t0=$(now); cp "$W/src/big" "$dir/big"; eval "$synccmd"; t1=$(now)
-  R[$name.write]=$(rate "$MB" "$t0" "$t1")
+  local name=$1 dir=$2 synccmd=$3 coldcmd=$4 t0 t1 c0
+  c0=$(busy); t0=$(now); cp "$W/src/big" "$dir/big"; eval "$synccmd"; t1=$(now)
+  R[$name.write]=$(rate "$MB" "$t0" "$t1"); C[$name.write]=$(( $(busy) - c0 ))
   eval "$coldcmd"
-  t0=$(now); cat "$dir/big" > /dev/null; t1=$(now)
-  R[$name.cold]=$(rate "$MB" "$t0" "$t1")
+  c0=$(busy); t0=$(now); cat "$dir/big" > /dev/null; t1=$(now)
+  R[$name.cold]=$(rate "$MB" "$t0" "$t1"); C[$name.cold]=$(( $(busy) - c0 ))
   t0=$(now); cat "$dir/big" > /dev/null; t1=$(now)
   R[$name.warm]=$(rate "$MB" "$t0" "$t1")
-  t0=$(now); rsync -a "$W/src/small/" "$dir/small/" || [ "$name" = rclone ]; eval "$synccmd"; t1=$(now)
-  R[$name.rsync]=$(rate "$NFILES" "$t0" "$t1")
+  c0=$(busy); t0=$(now); rsync -a "$W/src/small/" "$dir/small/" || [ "$name" = rclone ]; eval "$synccmd"; t1=$(now)
+  R[$name.rsync]=$(rate "$NFILES" "$t0" "$t1"); C[$name.rsync]=$(( $(busy) - c0 ))
   eval "$coldcmd"
   t0=$(now); find "$dir/small" -type f -exec cat {} + > /dev/null; t1=$(now)
   R[$name.smallcold]=$(rate "$NFILES" "$t0" "$t1")
@@ -140,5 +145,6 @@ for w in write:"${SIZE_MIB} MiB write until durable (MB/s)" cold:"${SIZE_MIB} Mi
   [ "$rc" != - ] && rratio=$(python3 -c "print(f'{${R[dustfs.$k]}/$rc:.2f}x')")
   printf '%-34s %9s %9s %9s %9s %9s %9s\n' "$label" "${R[direct.$k]}" "${R[bindfs.$k]}" "$rc" "${R[dustfs.$k]}" "$ratio" "$rratio"
 done
+python3 -c "t = $(getconf CLK_TCK); print(f'machine CPU during dustfs workloads: write {${C[dustfs.write]} / t * 1024 / $MB:.2f} CPU s/GiB, cold read {${C[dustfs.cold]} / t * 1024 / $MB:.2f} CPU s/GiB, rsync {${C[dustfs.rsync]} / t * 1000 / $NFILES:.2f} CPU ms/file')"
 echo "repair after 2 of 8 suppliers died: ${REPAIR_MB} MiB of blocks rebuilt at ${REPAIR_RATE} MB/s (cold read in this run: ${R[dustfs.cold]} MB/s)"
 echo "peak RSS: mount process ${MOUNT_RSS} MiB (during the workloads), $(rss "$(cat "$W/home/mount.pid")") MiB (during the repair), largest supplier node ${NODE_RSS} MiB"
