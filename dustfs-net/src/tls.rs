@@ -178,11 +178,11 @@ pub type Stream<C> = Coalesce<TlsStream<BufReader<C>>>;
 const READ_BUF: usize = 64 << 10;
 
 /// Bytes gathered before they go to TLS. yamux writes each frame as two writes, its 12-byte
-/// header and then up to 16 KiB of body, and rustls seals every write into records of its own
-/// at once (futures-rustls then sends them): a tiny record and a segment of its own for every
-/// header. Gathered, four frames make five records and one `writev`. Noise gathers the same
-/// way (up to a 64 KiB message) before it encrypts; yamux flushes when it has no frame left to
-/// send, which sends what was gathered.
+/// header and then up to 16 KiB of body, and futures-rustls seals and sends every write at
+/// once: a 12-byte record and a `sendto` of its own for every header. Gathered, a frame goes
+/// to TLS as one write (a 16 KiB and a 12-byte record, one `writev`). Noise gathers the same
+/// way before it encrypts. yamux flushes after every frame it sends (`Connection::poll`),
+/// which sends what was gathered, so nothing waits for the buffer to fill.
 const WRITE_BUF: usize = 64 << 10;
 
 /// Writes gathered into one buffer until it is full or flushed; reads pass through.
