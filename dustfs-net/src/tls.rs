@@ -86,7 +86,15 @@ impl Config {
     pub fn new(key: &identity::Keypair) -> Result<Self, TlsError> {
         let (cert, private) =
             certificate::generate(key).map_err(|e| TlsError::Certificate(e.to_string()))?;
-        let resolver = Arc::new(OneCert::new(cert, &private)?);
+        Self::presenting(cert, &private)
+    }
+
+    /// The two configurations, presenting `cert` (with `private`, its key).
+    fn presenting(
+        cert: CertificateDer<'static>,
+        private: &PrivateKeyDer<'_>,
+    ) -> Result<Self, TlsError> {
+        let resolver = Arc::new(OneCert::new(cert, private)?);
         let provider = Arc::new(rustls::crypto::CryptoProvider {
             cipher_suites: SUITES.to_vec(),
             ..rustls::crypto::ring::default_provider()
@@ -454,30 +462,9 @@ mod tests {
         (TcpStream(a.unwrap().0), TcpStream(b.unwrap()))
     }
 
-    /// A configuration like [`Config::new`]'s, presenting `cert` (possibly tampered with).
+    /// [`Config::new`]'s configurations, presenting `cert` (possibly tampered with).
     fn config_with(cert: CertificateDer<'static>, key: &PrivateKeyDer<'_>) -> Config {
-        let resolver = Arc::new(OneCert::new(cert, key).unwrap());
-        let provider = Arc::new(rustls::crypto::CryptoProvider {
-            cipher_suites: SUITES.to_vec(),
-            ..rustls::crypto::ring::default_provider()
-        });
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_client_cert_verifier(Arc::new(Verifier))
-            .with_cert_resolver(resolver.clone());
-        server.alpn_protocols = vec![ALPN.to_vec()];
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier))
-            .with_client_cert_resolver(resolver);
-        client.alpn_protocols = vec![ALPN.to_vec()];
-        Config {
-            server: Arc::new(server),
-            client: Arc::new(client),
-        }
+        Config::presenting(cert, key).unwrap()
     }
 
     /// A valid certificate of `key` with one byte of its signature flipped.
