@@ -23,10 +23,8 @@ python3 scripts/small-files.py "$W/src/small" "$NFILES"
 MB=$SIZE_MIB
 
 declare -A R
-# Busy CPU time of the whole machine, in clock ticks (user + nice + system + irq + softirq):
-# what each dustfs workload cost the machine, printed beside the rates. On this shared host the
-# rates swing with the load of other guests; CPU per GiB swings less (scripts/profile.sh).
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# What each dustfs workload cost the machine (`busy`, scripts/workdir.sh), printed beside the
+# rates: on this shared host the rates swing with the load of other guests; CPU per GiB less.
 declare -A C
 bench_target() { # name dir sync-cmd cold-cmd
   local name=$1 dir=$2 synccmd=$3 coldcmd=$4 t0 t1 c0

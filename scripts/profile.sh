@@ -35,7 +35,6 @@ done
 # on this CPU-bound testbed, CPU seconds per GiB compares two builds more steadily than MiB/s.
 # Steal (time the hypervisor gave this VM's CPUs to others) and iowait are printed too: a run
 # with much of either was slowed by the host or its disk, not by dustfs's CPU work.
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 steal() { awk '/^cpu / {print $9}' /proc/stat; }
 iowait() { awk '/^cpu / {print $6}' /proc/stat; }
 # CPU seconds (user + system) a process has used so far: the mount's and the suppliers' shares

@@ -28,3 +28,6 @@ cleanup() {
   else rm -rf "$W"; fi
 }
 trap cleanup EXIT
+# Busy CPU time of the whole machine so far, in clock ticks (user + nice + system + irq +
+# softirq): differences of it give a workload's CPU cost (scripts/bench.sh, scripts/profile.sh).
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
