@@ -76,7 +76,7 @@ rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo
 echo "peak RSS: mount $(rss "$(cat "$W/home/mount.pid")") MiB, suppliers$(for i in 1 2 3 4 5 6; do printf ' %s' "$(rss "$(cat "$W/net/node-$i/pid")")"; done) MiB"
 [ "${PERF:-1}" = 0 ] && exit 0
 echo "--- CPU samples by process (mount: pid $(cat "$W/home/mount.pid"); suppliers:$(for i in 1 2 3 4 5 6; do printf ' %s' "$(cat "$W/net/node-$i/pid")"; done))"
-perf report -i /tmp/dustfs-profile.data --no-children --sort pid --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+perf report -i /tmp/dustfs-profile.data --no-children --sort pid --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
 echo "--- by function (self time)"
 perf report -i /tmp/dustfs-profile.data --no-children --sort comm,sym --stdio -g none 2>/dev/null \
   | grep -v '^#' | grep -v '^$' | head -45

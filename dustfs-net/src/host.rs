@@ -16,9 +16,7 @@ use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, autonat, dcutr, identify, noise, relay, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, autonat, dcutr, identify, noise, relay, tcp};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -414,14 +412,14 @@ impl Node {
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 (crate::tls::Config::new, noise::Config::new),
-                yamux::Config::default,
+                crate::mux::Config::new,
             )
             .map_err(|e| NetError::Transport(e.to_string()))?
             .with_quic_config(|mut c| {
                 c.handshake_timeout = Duration::from_secs(3);
                 c
             })
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client(noise::Config::new, crate::mux::Config::new)
             .map_err(|e| NetError::Transport(e.to_string()))?
             .with_behaviour(|key, relay_client| {
                 let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
