@@ -186,10 +186,10 @@ pub type Stream<C> = Coalesce<TlsStream<BufReader<C>>>;
 const READ_BUF: usize = 64 << 10;
 
 /// Bytes gathered before they go to TLS. yamux writes each frame as two writes, its 12-byte
-/// header and then up to 16 KiB of body, and futures-rustls seals and sends every write at
-/// once: a 12-byte record and a `sendto` of its own for every header. Gathered, a frame goes
-/// to TLS as one write (a 16 KiB and a 12-byte record, one `writev`). Noise gathers the same
-/// way before it encrypts. yamux flushes after every frame it sends (`Connection::poll`),
+/// header and then its body (up to 256 KiB, see `mux.rs`), and futures-rustls seals and sends
+/// every write at once: a 12-byte record and a `sendto` of its own for every header. Gathered,
+/// a header goes to TLS with its body, in full records, 64 KiB at a time. Noise gathers the
+/// same way before it encrypts. yamux flushes after every frame it sends (`Connection::poll`),
 /// which sends what was gathered, so nothing waits for the buffer to fill.
 const WRITE_BUF: usize = 64 << 10;
 
