@@ -55,6 +55,17 @@ impl Config {
     }
 }
 
+impl Config {
+    /// yamux on `io`, this end in `mode` (the dialer is the client).
+    fn start<C: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        io: C,
+        mode: yamux::Mode,
+    ) -> future::Ready<io::Result<Muxer<C>>> {
+        future::ready(Ok(Muxer::new(yamux::Connection::new(io, self.0, mode))))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self::new()
@@ -79,11 +90,7 @@ where
     type Future = future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, io: C, _: Self::Info) -> Self::Future {
-        future::ready(Ok(Muxer::new(yamux::Connection::new(
-            io,
-            self.0,
-            yamux::Mode::Server,
-        ))))
+        self.start(io, yamux::Mode::Server)
     }
 }
 
@@ -96,11 +103,7 @@ where
     type Future = future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_outbound(self, io: C, _: Self::Info) -> Self::Future {
-        future::ready(Ok(Muxer::new(yamux::Connection::new(
-            io,
-            self.0,
-            yamux::Mode::Client,
-        ))))
+        self.start(io, yamux::Mode::Client)
     }
 }
 
