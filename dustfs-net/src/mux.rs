@@ -15,8 +15,9 @@
 //! 12.80-13.46 CPU s/GiB, 256 KiB 160.8-196.8 MiB/s and 9.78-11.98 CPU s/GiB, faster in 5 of
 //! 5, the suppliers' share 5.5-6.1 against 3.9-5.2 CPU s/GiB. This module against the build
 //! before, 3 alternated pairs on a busier host: 130.1-149.3 against 152.1-160.5 MiB/s,
-//! 12.72-14.70 against 12.04-12.68 CPU s/GiB. Cold reads (`read 512`, 2 pairs of the first
-//! build): 304-339 against 319-358 MiB/s; 1 MiB frames read no faster than 256 KiB ones.
+//! 12.72-14.70 against 12.04-12.68 CPU s/GiB. Cold reads gain little (`read 512`, 5 pairs:
+//! medians 337.6 against 343.7 MiB/s, 5.36 against 5.12 CPU s/GiB); 1 MiB frames read no
+//! faster than 256 KiB ones.
 //!
 //! [`Muxer`] is libp2p-yamux's own (MIT, Parity Technologies), for yamux 0.13 alone.
 
@@ -53,9 +54,7 @@ impl Config {
         c.set_split_send_size(FRAME);
         Self(c)
     }
-}
 
-impl Config {
     /// yamux on `io`, this end in `mode` (the dialer is the client).
     fn start<C: AsyncRead + AsyncWrite + Unpin>(
         self,
