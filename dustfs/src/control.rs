@@ -131,6 +131,7 @@ pub fn status_json(engine: &Engine, node: &Node) -> Result<serde_json::Value> {
         "dirty_bytes": e.dirty_bytes,
         "open_block_bytes": e.open_block_bytes,
         "cache_bytes": e.cache_bytes,
+        "readahead_bytes": e.readahead_bytes,
         "corrupt_shards_detected": e.corrupt_shards,
         "hedged_fetches": e.hedged_fetches,
         "fetched_bytes": e.fetched_bytes,

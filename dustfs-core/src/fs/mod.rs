@@ -188,6 +188,9 @@ pub struct EngineStatus {
     pub open_block_bytes: u64,
     /// Bytes in the local block cache.
     pub cache_bytes: u64,
+    /// Bytes of blocks fetched ahead of sequential readers, held in memory until read.
+    #[serde(default)]
+    pub readahead_bytes: u64,
     /// Shards that failed verification on fetch since start.
     pub corrupt_shards: u64,
     /// Extra shard fetches started since start because a supplier was slow to answer.

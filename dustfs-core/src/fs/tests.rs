@@ -1236,6 +1236,13 @@ fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
     // end does not push everything else out of it.
     assert!(fetched() <= data.len() as u64 + (4 << 20), "{}", fetched());
     assert_eq!(t.fs.status().unwrap().cache_bytes, one_block);
+    // Nor are they kept once read: of the nine blocks fetched ahead, only those the last read
+    // took bytes from (one or two) are still held in memory.
+    let held = t.fs.status().unwrap().readahead_bytes;
+    assert!(
+        held > 0 && held <= 2 * (4 << 20),
+        "{held} bytes fetched ahead still held"
+    );
     // A random read does not trigger readahead.
     t.fs.cache_drop().unwrap();
     let before = fetched();
