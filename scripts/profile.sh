@@ -58,6 +58,7 @@ run() {
   if [ -n "${NFILES:-}" ]; then python3 -c "print(f'{$NFILES / ($t1 - $t0):.0f} files/s')"; fi
   python3 -c "print(f'CPU s/GiB by process: mount {($m1 - $m0) * 1024 / $SIZE_MIB:.2f} (its FUSE thread {($f1 - $f0) * 1024 / $SIZE_MIB:.2f}), suppliers {($u1 - $u0) * 1024 / $SIZE_MIB:.2f}')"
 }
+rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 case $WHAT in
   write) run "cp '$W/big' '$W/mnt/big' && echo \"cp done after \$(( \$(date +%s%N) / 1000000 - $(date +%s%3N) )) ms\" && '$B' --home '$W/home' sync >/dev/null" ;;
   rsync)
@@ -66,14 +67,19 @@ case $WHAT in
   read)
     cp "$W/big" "$W/mnt/big" && "$B" --home "$W/home" sync >/dev/null
     "$B" --home "$W/home" cache drop >/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
+    # The mount's peak RSS in the read alone (the copy before it peaks higher): writing 5 to
+    # clear_refs resets VmHWM to the current RSS.
+    copy_peak=$(rss "$(cat "$W/home/mount.pid")")
+    echo 5 > "/proc/$(cat "$W/home/mount.pid")/clear_refs"
     run "cat '$W/mnt/big' > /dev/null"
+    echo "mount peak RSS: $copy_peak MiB while the file was copied in, $(rss "$(cat "$W/home/mount.pid")") MiB in the cold read"
     t0=$(date +%s.%N); cat "$W/mnt/big" > /dev/null; t1=$(date +%s.%N)
     python3 -c "print(f'warm read right after: {$SIZE_MIB / ($t1 - $t0):.1f} MiB/s')"
     "$B" --home "$W/home" status --json | python3 -c 'import json,sys; print("spare (hedged) shard fetches:", json.load(sys.stdin)["hedged_fetches"])' ;;
   *) echo "usage: $0 write|read|rsync [SIZE]" >&2; exit 2 ;;
 esac
-rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "?"; }
-echo "peak RSS: mount $(rss "$(cat "$W/home/mount.pid")") MiB, suppliers$(for i in 1 2 3 4 5 6; do printf ' %s' "$(rss "$(cat "$W/net/node-$i/pid")")"; done) MiB"
+# (for read, VmHWM was reset before the cold read: peaks since then)
+echo "peak RSS$([ "$WHAT" = read ] && echo ' since the cold read began'): mount $(rss "$(cat "$W/home/mount.pid")") MiB, suppliers$(for i in 1 2 3 4 5 6; do printf ' %s' "$(rss "$(cat "$W/net/node-$i/pid")")"; done) MiB"
 [ "${PERF:-1}" = 0 ] && exit 0
 echo "--- CPU samples by process (mount: pid $(cat "$W/home/mount.pid"); suppliers:$(for i in 1 2 3 4 5 6; do printf ' %s' "$(cat "$W/net/node-$i/pid")"; done))"
 perf report -i /tmp/dustfs-profile.data --no-children --sort pid --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
