@@ -321,8 +321,8 @@ enum Check {
 /// ahead of the reader and no more.
 const READAHEAD_BLOCKS: usize = 8;
 /// Blocks fetched ahead held in memory at most (oldest dropped first): room for two sequential
-/// readers' windows, for readers that stop half way (a file closed early, a reader that seeks
-/// elsewhere): their blocks are not passed, and go only when pushed out.
+/// readers' windows. Blocks of a reader that stopped half way go when its file is closed, or
+/// when pushed out (a reader that seeks elsewhere, a file left open).
 const READY_BLOCKS: usize = 2 * READAHEAD_BLOCKS;
 /// Files whose read position is remembered for readahead.
 const READAHEAD_FILES: usize = 256;
@@ -370,6 +370,13 @@ impl Readahead {
     /// Drops the blocks fetched ahead for `ino` that its reader, now at `pos`, has passed.
     fn passed(&mut self, ino: u64, pos: u64) {
         self.ready.retain(|(_, a, _)| a.ino != ino || a.until > pos);
+    }
+
+    /// Forgets a file no longer open: its blocks fetched ahead are dropped, and those still
+    /// being fetched are not kept when they come ([`Engine::fetch_ahead`]).
+    fn closed(&mut self, ino: u64) {
+        self.files.pop(&ino);
+        self.ready.retain(|(_, a, _)| a.ino != ino);
     }
 
     /// Bytes of blocks fetched ahead held in memory.
@@ -883,6 +890,10 @@ impl Engine {
             // Not reached: the thread that runs this removes the block's entry afterwards.
             return Ok(());
         };
+        if !ra.files.contains(&ahead.ino) {
+            // Its file was closed meanwhile (or pushed out of the files remembered).
+            return Ok(());
+        }
         if ra.ready.len() >= READY_BLOCKS {
             ra.ready.pop_front();
         }
@@ -944,6 +955,12 @@ impl Engine {
                 lock(&self.readahead.0).in_flight.remove(&no);
             }
         }
+    }
+
+    /// Readahead's part of the last close of `ino`: a reader that stopped half way leaves no
+    /// blocks fetched ahead in memory, and the file's next reader starts afresh.
+    pub(super) fn read_ahead_closed(&self, ino: u64) {
+        lock(&self.readahead.0).closed(ino);
     }
 
     /// Blocks, not cached and not open, that hold the chunks of `[from, to)` of `ino`, in

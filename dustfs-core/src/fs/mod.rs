@@ -1023,6 +1023,7 @@ impl Engine {
         };
         if left == 0 {
             st.open_files.remove(&ino);
+            self.read_ahead_closed(ino);
             if st.orphans.remove(&ino) {
                 return self.destroy_inode(&mut st, ino);
             }

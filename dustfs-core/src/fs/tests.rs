@@ -1253,6 +1253,58 @@ fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
 }
 
 #[test]
+fn a_reader_that_stops_half_way_leaves_no_blocks_fetched_ahead_once_it_closes_the_file() {
+    let t = setup(6, usize::MAX);
+    let data = random(40 << 20, 18);
+    let ino = t.file("a", &data);
+    t.sync();
+    t.fs.cache_drop().unwrap();
+    let status = || t.fs.status().unwrap();
+    t.fs.opened(ino).unwrap();
+    assert_eq!(t.fs.read(ino, 0, 1 << 20).unwrap(), data[..1 << 20]);
+    t.fs.read_ahead(ino, 0, 1 << 20);
+    // The reader goes no further; what was fetched ahead for it waits in memory.
+    let start = std::time::Instant::now();
+    while status().readahead_bytes < 6 * (4 << 20) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "nothing was fetched ahead: {:?}",
+            status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    t.fs.released(ino).unwrap();
+    assert_eq!(status().readahead_bytes, 0);
+    // Fetches still under way at the close are not kept when they come either: the file is
+    // opened again (its next reader starts afresh: this first read fetches ahead again) and
+    // closed at once, while those fetches run.
+    let fetched = status().fetched_bytes;
+    t.fs.opened(ino).unwrap();
+    assert_eq!(t.fs.read(ino, 0, 1 << 20).unwrap(), data[..1 << 20]);
+    t.fs.read_ahead(ino, 0, 1 << 20);
+    t.fs.released(ino).unwrap();
+    let start = std::time::Instant::now();
+    let mut last = fetched;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = status().fetched_bytes;
+        if now == last && now > fetched {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "nothing fetched ahead again"
+        );
+        last = now;
+    }
+    assert_eq!(status().readahead_bytes, 0);
+    // The file reads back whole afterwards.
+    t.fs.opened(ino).unwrap();
+    assert_eq!(t.read_all(ino), data);
+    t.fs.released(ino).unwrap();
+}
+
+#[test]
 fn cached_blocks_are_files_and_a_rotten_one_is_fetched_again_from_suppliers() {
     let t = setup(6, usize::MAX);
     let data = random(24 << 20, 17);
