@@ -24,6 +24,23 @@ struct T {
     fs: Arc<Engine>,
 }
 
+/// Polls `done` every 10 ms until it holds; fails with `what` (and `state()`) after 20 s.
+fn wait_until<S: std::fmt::Debug>(
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    state: impl Fn() -> S,
+) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{what}: {:?}",
+            state()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn setup(suppliers: usize, quota: usize) -> T {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
@@ -61,6 +78,16 @@ impl T {
             store,
         )
         .unwrap();
+    }
+
+    /// A file of `len` random bytes (from `seed`) stored on suppliers and not cached here:
+    /// reads of it go to the network.
+    fn cold_file(&self, name: &str, len: usize, seed: u64) -> (Vec<u8>, Ino) {
+        let data = random(len, seed);
+        let ino = self.file(name, &data);
+        self.sync();
+        self.fs.cache_drop().unwrap();
+        (data, ino)
     }
 
     fn file(&self, name: &str, data: &[u8]) -> Ino {
@@ -1201,10 +1228,7 @@ fn suppliers_reached_only_through_a_relay_get_shards_only_when_no_better_choice_
 #[test]
 fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
     let t = setup(6, usize::MAX);
-    let data = random(40 << 20, 16);
-    let ino = t.file("a", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
+    let (data, ino) = t.cold_file("a", 40 << 20, 16);
     assert_eq!(t.fs.status().unwrap().cache_bytes, 0);
     let fetched = || t.fs.status().unwrap().fetched_bytes;
     // The first read of a file counts as sequential: the next blocks are fetched ahead.
@@ -1213,15 +1237,11 @@ fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
     let one_block = t.fs.status().unwrap().cache_bytes;
     assert_eq!(fetched(), one_block);
     t.fs.read_ahead(ino, 0, 1 << 20);
-    let start = std::time::Instant::now();
-    while fetched() < one_block + 3 * (4 << 20) {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "nothing was fetched ahead: {:?}",
-            t.fs.status().unwrap()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until(
+        "nothing was fetched ahead",
+        || fetched() >= one_block + 3 * (4 << 20),
+        || t.fs.status().unwrap(),
+    );
     // Reading on while fetches run gives the same bytes.
     let mut out = first;
     while out.len() < data.len() {
@@ -1255,24 +1275,17 @@ fn sequential_reads_fetch_the_next_blocks_ahead_and_read_back_the_same_bytes() {
 #[test]
 fn a_reader_that_stops_half_way_leaves_no_blocks_fetched_ahead_once_it_closes_the_file() {
     let t = setup(6, usize::MAX);
-    let data = random(40 << 20, 18);
-    let ino = t.file("a", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
+    let (data, ino) = t.cold_file("a", 40 << 20, 18);
     let status = || t.fs.status().unwrap();
     t.fs.opened(ino).unwrap();
     assert_eq!(t.fs.read(ino, 0, 1 << 20).unwrap(), data[..1 << 20]);
     t.fs.read_ahead(ino, 0, 1 << 20);
     // The reader goes no further; what was fetched ahead for it waits in memory.
-    let start = std::time::Instant::now();
-    while status().readahead_bytes < 6 * (4 << 20) {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "nothing was fetched ahead: {:?}",
-            status()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until(
+        "nothing was fetched ahead",
+        || status().readahead_bytes >= 6 * (4 << 20),
+        status,
+    );
     t.fs.released(ino).unwrap();
     assert_eq!(status().readahead_bytes, 0);
     // Fetches still under way at the close are not kept when they come either: the file is
@@ -1283,20 +1296,17 @@ fn a_reader_that_stops_half_way_leaves_no_blocks_fetched_ahead_once_it_closes_th
     assert_eq!(t.fs.read(ino, 0, 1 << 20).unwrap(), data[..1 << 20]);
     t.fs.read_ahead(ino, 0, 1 << 20);
     t.fs.released(ino).unwrap();
-    let start = std::time::Instant::now();
+    // Until the fetches have all landed: more fetched, and no more for 300 ms.
     let mut last = fetched;
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let now = status().fetched_bytes;
-        if now == last && now > fetched {
-            break;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "nothing fetched ahead again"
-        );
-        last = now;
-    }
+    wait_until(
+        "nothing fetched ahead again",
+        || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let now = status().fetched_bytes;
+            std::mem::replace(&mut last, now) == now && now > fetched
+        },
+        status,
+    );
     assert_eq!(status().readahead_bytes, 0);
     // The file reads back whole afterwards.
     t.fs.opened(ino).unwrap();
