@@ -380,7 +380,7 @@ impl Readahead {
     }
 
     /// Bytes of blocks fetched ahead held in memory.
-    pub(super) fn held_bytes(&self) -> u64 {
+    fn held_bytes(&self) -> u64 {
         self.ready.iter().map(|(_, _, b)| b.len() as u64).sum()
     }
 }
@@ -882,23 +882,28 @@ impl Engine {
     /// checked against their ids ([`Check::Headers`]): every chunk read from it is
     /// authenticated when it is decrypted, and one that fails has its block fetched again
     /// with every shard checked (`chunk_plain`).
-    fn fetch_ahead(&self, no: u64) -> FsResult<()> {
-        let block = Arc::new(self.fetch_for_reader(no, Check::Headers)?);
+    ///
+    /// Runs on a thread of its own; the block leaves `in_flight` when its fetch ends, either
+    /// way, and readers waiting for it are woken.
+    fn fetch_ahead(&self, no: u64) {
+        let fetched = self.fetch_for_reader(no, Check::Headers);
         let mut ra = lock(&self.readahead.0);
-        ra.ready.retain(|(n, _, _)| *n != no);
-        let Some(&ahead) = ra.in_flight.get(&no) else {
-            // Not reached: the thread that runs this removes the block's entry afterwards.
-            return Ok(());
-        };
-        if !ra.files.contains(&ahead.ino) {
-            // Its file was closed meanwhile (or pushed out of the files remembered).
-            return Ok(());
+        let ahead = ra.in_flight.remove(&no);
+        match (fetched, ahead) {
+            (Err(e), _) => debug!(block = no, error = %e, "readahead fetch failed"),
+            // Kept unless its file was closed meanwhile (or pushed out of the files
+            // remembered). `reaches` keeps a block out of `in_flight` while it is ready, so
+            // it is never in `ready` twice.
+            (Ok(block), Some(ahead)) if ra.files.contains(&ahead.ino) => {
+                if ra.ready.len() >= READY_BLOCKS {
+                    ra.ready.pop_front();
+                }
+                ra.ready.push_back((no, ahead, Arc::new(block)));
+            }
+            (Ok(_), _) => {}
         }
-        if ra.ready.len() >= READY_BLOCKS {
-            ra.ready.pop_front();
-        }
-        ra.ready.push_back((no, ahead, block));
-        Ok(())
+        drop(ra);
+        self.readahead.1.notify_all();
     }
 
     /// Readahead, called after each read of `[off, off + len)` of `ino`: while a file is read
@@ -944,13 +949,7 @@ impl Engine {
             let me = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("dustfs-readahead".into())
-                .spawn(move || {
-                    if let Err(e) = me.fetch_ahead(no) {
-                        debug!(block = no, error = %e, "readahead fetch failed");
-                    }
-                    lock(&me.readahead.0).in_flight.remove(&no);
-                    me.readahead.1.notify_all();
-                });
+                .spawn(move || me.fetch_ahead(no));
             if spawned.is_err() {
                 lock(&self.readahead.0).in_flight.remove(&no);
             }

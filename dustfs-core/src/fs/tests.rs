@@ -166,10 +166,7 @@ fn bytes_written_read_back_before_and_after_upload() {
 #[test]
 fn any_two_suppliers_lost_still_reads_back() {
     let t = setup(6, usize::MAX);
-    let data = random(5 * 1024 * 1024, 2);
-    let ino = t.file("a", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
+    let (data, ino) = t.cold_file("a", 5 * 1024 * 1024, 2);
     t.store.set_offline("s1", true);
     t.store.set_offline("s4", true);
     assert_eq!(t.read_all(ino), data);
@@ -178,10 +175,7 @@ fn any_two_suppliers_lost_still_reads_back() {
 #[test]
 fn a_corrupting_supplier_is_detected_and_the_block_rebuilt() {
     let t = setup(6, usize::MAX);
-    let data = random(3 * 1024 * 1024, 3);
-    let ino = t.file("a", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
+    let (data, ino) = t.cold_file("a", 3 * 1024 * 1024, 3);
     t.store.set_corrupt("s2");
     assert_eq!(t.read_all(ino), data);
     assert!(t.fs.status().unwrap().corrupt_shards >= 1);
@@ -671,10 +665,7 @@ fn a_supplier_gone_past_its_grace_period_is_replaced_and_its_blocks_rebuilt() {
 fn a_block_that_cannot_be_rebuilt_yet_is_retried_with_backoff() {
     use crate::fsm::supplier::SupplierConfig;
     let t = setup(8, usize::MAX);
-    let data = random(12 << 20, 16);
-    let ino = t.file("a", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
+    let (data, ino) = t.cold_file("a", 12 << 20, 16);
     let cfg = SupplierConfig {
         suspect_after: 1,
         grace_ms: 0,
@@ -730,10 +721,7 @@ fn a_block_that_cannot_be_rebuilt_yet_is_retried_with_backoff() {
 #[test]
 fn a_corrupt_shard_found_on_read_is_repaired_onto_another_supplier() {
     let t = setup(7, usize::MAX);
-    let data = random(6 << 20, 15);
-    let ino = t.file("a", &data);
-    t.sync();
-    t.fs.cache_drop().unwrap();
+    let (data, ino) = t.cold_file("a", 6 << 20, 15);
     // Corrupt the supplier of the first block's first data shard (reads fetch data shards).
     let bad = t.fs.all_blocks_for_test()[0].shards[0]
         .supplier
