@@ -129,9 +129,40 @@ pub fn parity_in(
         ));
     }
     let mut parity = parity_buffers(r, len, new_buf);
-    let mut out: Vec<&mut [u8]> = parity.iter_mut().map(|s| &mut s[HEADER_LEN..]).collect();
-    rs.encode_sep(data, &mut out).map_err(ErasureError::Codec)?;
+    code_by_columns(&rs, data, &mut parity, |_, _| ())?;
     Ok(parity)
+}
+
+/// Codes the parity shards' payloads (whole shards, header first) from the data shards'
+/// payloads, [`COLUMN`] bytes of every shard at a time, and hands each column's pieces, data
+/// shards' then parity shards' (shard index, bytes), to `each` as soon as they are coded,
+/// while they are still in the core's cache. A column ends where a shard's header and the
+/// payload before it make a multiple of `COLUMN`, so a hash fed these pieces always gets whole
+/// aligned BLAKE3 subtrees.
+fn code_by_columns(
+    rs: &ReedSolomon,
+    data: &[&[u8]],
+    parity: &mut [Vec<u8>],
+    mut each: impl FnMut(usize, &[u8]),
+) -> Result<(), ErasureError> {
+    let size = data.first().map_or(0, |d| d.len());
+    let mut start = 0;
+    while start < size {
+        let end = (((start + HEADER_LEN) / COLUMN + 1) * COLUMN - HEADER_LEN).min(size);
+        let ins: Vec<&[u8]> = data.iter().map(|d| &d[start..end]).collect();
+        let mut outs: Vec<&mut [u8]> = parity
+            .iter_mut()
+            .map(|s| &mut s[HEADER_LEN + start..HEADER_LEN + end])
+            .collect();
+        rs.encode_sep(&ins, &mut outs)
+            .map_err(ErasureError::Codec)?;
+        let pieces = ins.iter().copied().chain(outs.iter().map(|o| &o[..]));
+        for (i, piece) in pieces.enumerate() {
+            each(i, piece);
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// The m parity shards' buffers for a block of `len` bytes, from `new_buf`, each with its
@@ -151,8 +182,8 @@ fn parity_buffers(
         .collect()
 }
 
-/// Bytes of each shard [`encode_parity`] codes and hashes at a time: the k + m pieces of a
-/// column (384 KiB at 4+2) stay in a core's L2 cache between the erasure code and the hashes.
+/// Bytes of each shard coded (and hashed, in [`encode_parity`]) at a time: the k + m pieces of
+/// a column (384 KiB at 4+2) stay in a core's L2 cache between the erasure code and the hashes.
 const COLUMN: usize = 64 * 1024;
 
 /// A block's erasure code as the engine keeps it when it seals a block: the ids of all k+m
@@ -202,6 +233,7 @@ pub fn encode_parity_in(
             }
         })
         .collect();
+    let rs = codec(r)?;
     let data: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
     let mut parity = parity_buffers(r, len, new_buf);
     let mut hashers: Vec<blake3::Hasher> = (0..r.total())
@@ -211,31 +243,10 @@ pub fn encode_parity_in(
             h
         })
         .collect();
-    let rs = codec(r)?;
     if r.m > 0 {
-        // Column by column: each piece of the data shards is coded into the parity's piece and
-        // every shard's hash takes its piece while all of them are still in the core's cache.
-        // A column ends where header and payload hashed so far are a multiple of COLUMN, so
-        // BLAKE3 always gets whole aligned subtrees.
-        let mut start = 0;
-        while start < size {
-            let end = ((start + HEADER_LEN) / COLUMN + 1) * COLUMN - HEADER_LEN;
-            let end = end.min(size);
-            let ins: Vec<&[u8]> = data.iter().map(|d| &d[start..end]).collect();
-            let mut outs: Vec<&mut [u8]> = parity
-                .iter_mut()
-                .map(|s| &mut s[HEADER_LEN + start..HEADER_LEN + end])
-                .collect();
-            rs.encode_sep(&ins, &mut outs)
-                .map_err(ErasureError::Codec)?;
-            for (h, piece) in hashers
-                .iter_mut()
-                .zip(ins.iter().copied().chain(outs.iter().map(|o| &o[..])))
-            {
-                h.update(piece);
-            }
-            start = end;
-        }
+        code_by_columns(&rs, &data, &mut parity, |i, piece| {
+            hashers[i].update(piece);
+        })?;
     } else {
         for (h, d) in hashers.iter_mut().zip(&data) {
             h.update(d);
@@ -536,8 +547,24 @@ mod tests {
                 let e = encode_parity(r, &block).unwrap();
                 let data: Vec<Vec<u8>> = (0..k).map(|i| data_shard(r, &block, i)).collect();
                 let payloads: Vec<&[u8]> = data.iter().map(|d| &d[HEADER_LEN..]).collect();
-                let whole = parity(r, len, &payloads).unwrap();
+                // The reference: the parity of the whole shards in one call of the codec.
+                let mut whole: Vec<Vec<u8>> = (k..r.total())
+                    .map(|i| {
+                        let mut s = shard_header(r, len, i).to_vec();
+                        s.resize(HEADER_LEN + shard_size(r, len), 0);
+                        s
+                    })
+                    .collect();
+                if r.m > 0 {
+                    let mut outs: Vec<&mut [u8]> =
+                        whole.iter_mut().map(|s| &mut s[HEADER_LEN..]).collect();
+                    codec(r).unwrap().encode_sep(&payloads, &mut outs).unwrap();
+                }
                 assert!(e.parity == whole, "{r:?}, {len} bytes");
+                assert!(
+                    parity(r, len, &payloads).unwrap() == whole,
+                    "{r:?}, {len} bytes"
+                );
                 let ids: Vec<ShardId> = data.iter().chain(&whole).map(|s| ShardId::of(s)).collect();
                 assert_eq!(e.ids, ids, "{r:?}, {len} bytes");
             }
