@@ -412,7 +412,7 @@ pub fn decode_parts(
     mut shards: Vec<Option<Vec<u8>>>,
 ) -> Result<BlockBytes, ErasureError> {
     let k = r.k as usize;
-    let size = block_len.div_ceil(k).max(1);
+    let size = shard_size(r, block_len);
     shards.resize(r.total(), None);
     if shards[..k]
         .iter()
@@ -424,16 +424,72 @@ pub fn decode_parts(
             len: block_len,
         });
     }
-    let payloads = shards
+    rebuild_in_shards(r, block_len, shards)
+}
+
+/// The rebuild of [`decode_parts`]: the missing data shards (and any of the wrong length) are
+/// rebuilt into shard buffers of their own, column by column, from the first k shards there,
+/// and the block stays in its shards. Before, every shard was moved down over its header,
+/// the code ran over whole 2 MiB shards and the payloads were joined into one buffer: three
+/// passes over the block more. Pipeline benchmark, rebuilding 2 of the 4 data shards from the
+/// 2 parity shards, 2 alternated runs of both builds: the rebuild 3.22/4.07 -> 6.22/7.18
+/// GiB/s, the whole read side (verify, rebuild, open every chunk) 666/670 -> 760/726 MiB/s.
+fn rebuild_in_shards(
+    r: Redundancy,
+    block_len: usize,
+    mut shards: Vec<Option<Vec<u8>>>,
+) -> Result<BlockBytes, ErasureError> {
+    let k = r.k as usize;
+    let size = shard_size(r, block_len);
+    for s in shards.iter_mut() {
+        if s.as_ref().is_some_and(|s| s.len() != HEADER_LEN + size) {
+            *s = None;
+        }
+    }
+    let there: Vec<bool> = shards.iter().map(Option::is_some).collect();
+    let have = there.iter().filter(|&&t| t).count();
+    if have < k || r.m == 0 {
+        return Err(ErasureError::NotEnough { have, need: k });
+    }
+    let rs = codec(r)?;
+    // A missing data shard gets a buffer to be rebuilt into (its header bytes are never
+    // read); a missing parity shard is not rebuilt and needs none.
+    let mut bufs: Vec<Vec<u8>> = shards
         .into_iter()
-        .map(|s| {
-            s.map(|mut b| {
-                b.drain(..HEADER_LEN.min(b.len()));
-                b
-            })
+        .enumerate()
+        .map(|(i, s)| match s {
+            Some(s) => s,
+            None if i < k => crate::pool::FETCHED.take(HEADER_LEN + size),
+            None => Vec::new(),
         })
         .collect();
-    decode(r, block_len, payloads).map(BlockBytes::Whole)
+    let mut start = 0;
+    while start < size {
+        let end = (start + COLUMN).min(size);
+        let mut cols: Vec<(&mut [u8], bool)> = bufs
+            .iter_mut()
+            .zip(&there)
+            .map(|(b, &t)| {
+                (
+                    b.get_mut(HEADER_LEN + start..HEADER_LEN + end)
+                        .unwrap_or_default(),
+                    t,
+                )
+            })
+            .collect();
+        rs.reconstruct_data(&mut cols)
+            .map_err(ErasureError::Codec)?;
+        start = end;
+    }
+    let parity = bufs.split_off(k);
+    for p in parity {
+        crate::pool::FETCHED.put(p);
+    }
+    Ok(BlockBytes::Shards {
+        shards: bufs,
+        size,
+        len: block_len,
+    })
 }
 
 #[cfg(test)]
@@ -568,6 +624,37 @@ mod tests {
                 let ids: Vec<ShardId> = data.iter().chain(&whole).map(|s| ShardId::of(s)).collect();
                 assert_eq!(e.ids, ids, "{r:?}, {len} bytes");
             }
+        }
+    }
+
+    /// Blocks of several columns come back whole whichever shards are lost (up to m), and
+    /// a shard of the wrong length counts as lost.
+    #[test]
+    fn any_k_shards_of_a_long_block_rebuild_it_column_by_column() {
+        let r = Redundancy { k: 4, m: 2 };
+        for len in [4 * 3 * COLUMN + 5, 8 << 20] {
+            let block: Vec<u8> = (0..len).map(|i| (i * 11 + i / 999) as u8).collect();
+            let shards = encode(r, &block).unwrap();
+            for a in 0..6 {
+                for b in a..6 {
+                    let mut have: Vec<_> = shards.iter().map(|(_, s)| Some(s.clone())).collect();
+                    have[a] = None;
+                    if b > a {
+                        have[b] = None;
+                    }
+                    let got = decode_parts(r, len, have).unwrap();
+                    assert!(got.into_vec() == block, "{len} bytes without {a} and {b}");
+                }
+            }
+            let mut have: Vec<_> = shards.iter().map(|(_, s)| Some(s.clone())).collect();
+            have[1].as_mut().unwrap().pop();
+            assert!(decode_parts(r, len, have.clone()).unwrap().into_vec() == block);
+            have[4] = None;
+            have[5] = None;
+            assert!(matches!(
+                decode_parts(r, len, have),
+                Err(ErasureError::NotEnough { have: 3, need: 4 })
+            ));
         }
     }
 
