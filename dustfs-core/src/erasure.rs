@@ -205,9 +205,9 @@ pub struct Encoded {
 /// The code and the hashes go column by column ([`COLUMN`] bytes of every shard at a time)
 /// rather than shard by shard: coded whole, each data shard was read from memory once for its
 /// hash and twice more by the code (once per parity shard), and each parity shard rewritten
-/// four times before its own hash read it back. Pipeline benchmark, alternated runs of both
-/// builds: this pass 1.66-1.73 -> 1.87-1.93 GiB/s, the whole write pipeline 618-634 ->
-/// 642-661 MiB/s; columns of 16, 32 and 128 KiB measured 1.79-1.95 GiB/s, 64 KiB 1.94-1.96.
+/// four times before its own hash read it back. Pipeline benchmark, 5 alternated pairs of
+/// both builds: this pass 1.52-1.69 -> 1.77-1.91 GiB/s, the whole write pipeline 581-626 ->
+/// 593-654 MiB/s; columns of 16, 32 and 128 KiB were slower than 64 KiB (`docs/DESIGN.md`).
 pub fn encode_parity(r: Redundancy, block: &[u8]) -> Result<Encoded, ErasureError> {
     encode_parity_in(r, block, |n| vec![0u8; n])
 }
