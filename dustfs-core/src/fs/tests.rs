@@ -1421,6 +1421,23 @@ fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
 }
 
 #[test]
+fn a_spare_fetch_that_stalls_too_gets_a_spare_of_its_own() {
+    // The first data shard's supplier does not answer, and neither does the first parity
+    // shard's, where the first spare goes: the read must go on to the second parity shard.
+    let (t, data, ino, rec, slow) = a_file_behind_a_stalled_supplier(47);
+    let slow_too = rec.shards[4].supplier.clone().unwrap();
+    t.store.set_stalled(&slow_too, true);
+    let rx = read_in_background(&t.fs, ino, data.len());
+    // Not a timing test: spares that went out once per block waited for ever here.
+    let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+    t.store.set_stalled(&slow, false);
+    t.store.set_stalled(&slow_too, false);
+    let got = got.expect("the read waited for the spare that does not answer");
+    assert!(got.unwrap() == data, "read back different bytes");
+    assert!(t.fs.status().unwrap().hedged_fetches >= 2);
+}
+
+#[test]
 fn a_fetch_that_panics_loses_only_its_shard() {
     // The first data shard's supplier does not answer, so a spare fetch goes out for the
     // first parity shard, whose supplier's fetch panics.
