@@ -268,30 +268,6 @@ pub fn encode(r: Redundancy, block: &[u8]) -> Result<Vec<(ShardId, Vec<u8>)>, Er
     Ok(e.ids.into_iter().zip(shards).collect())
 }
 
-/// Rebuilds a block from any k of its shards (payloads, by index; `None` = missing).
-pub fn decode(
-    r: Redundancy,
-    block_len: usize,
-    mut payloads: Vec<Option<Vec<u8>>>,
-) -> Result<Vec<u8>, ErasureError> {
-    let k = r.k as usize;
-    payloads.resize(r.total(), None);
-    let have = payloads.iter().filter(|p| p.is_some()).count();
-    if have < k {
-        return Err(ErasureError::NotEnough { have, need: k });
-    }
-    if payloads[..k].iter().any(Option::is_none) {
-        if r.m == 0 {
-            return Err(ErasureError::NotEnough { have, need: k });
-        }
-        let rs = codec(r)?;
-        rs.reconstruct_data(&mut payloads)
-            .map_err(ErasureError::Codec)?;
-    }
-    join(payloads[..k].iter().flatten().map(Vec::as_slice), block_len)
-        .ok_or(ErasureError::NotEnough { have, need: k })
-}
-
 /// The block from its data shards' payloads, in order; `None` if they are too short.
 fn join<'a>(data: impl Iterator<Item = &'a [u8]>, block_len: usize) -> Option<Vec<u8>> {
     let mut block = Vec::with_capacity(block_len);
@@ -305,9 +281,8 @@ fn join<'a>(data: impl Iterator<Item = &'a [u8]>, block_len: usize) -> Option<Ve
     Some(block)
 }
 
-/// [`decode`] from whole shards (header and payload, already verified): when the k data
-/// shards are all there, the block is put together from their payloads where they lie, with
-/// no copy of each payload first (the common case of a read: one copy fewer of every byte).
+/// Rebuilds a block from any k of its whole shards (header and payload, already verified; by
+/// index, `None` = missing), in one buffer: [`decode_parts`], joined.
 pub fn decode_shards(
     r: Redundancy,
     block_len: usize,
@@ -485,13 +460,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn payloads(shards: &[(ShardId, Vec<u8>)]) -> Vec<Option<Vec<u8>>> {
-        shards
-            .iter()
-            .map(|(id, b)| Some(shard::parse(b, Some(id)).unwrap().1.to_vec()))
-            .collect()
-    }
-
     proptest! {
         #[test]
         fn any_k_shards_rebuild_the_block(block in proptest::collection::vec(any::<u8>(), 0..5000),
@@ -500,9 +468,6 @@ mod tests {
             let r = Redundancy::default();
             let shards = encode(r, &block).unwrap();
             prop_assert_eq!(shards.len(), 6);
-            let mut p = payloads(&shards);
-            for i in &lost { p[*i] = None; }
-            prop_assert_eq!(decode(r, block.len(), p).unwrap(), block.clone());
             let mut whole: Vec<_> = shards.into_iter().map(|(_, b)| Some(b)).collect();
             for i in &lost { whole[*i] = None; }
             prop_assert_eq!(decode_shards(r, block.len(), whole.clone()).unwrap(), block.clone());
@@ -666,12 +631,16 @@ mod tests {
     #[test]
     fn three_lost_of_four_plus_two_is_an_error() {
         let r = Redundancy::default();
-        let mut p = payloads(&encode(r, b"hello world").unwrap());
+        let mut p: Vec<_> = encode(r, b"hello world")
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| Some(s))
+            .collect();
         p[0] = None;
         p[2] = None;
         p[5] = None;
         assert!(matches!(
-            decode(r, 11, p),
+            decode_shards(r, 11, p),
             Err(ErasureError::NotEnough { have: 3, need: 4 })
         ));
     }

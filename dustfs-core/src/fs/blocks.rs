@@ -1048,7 +1048,7 @@ impl Engine {
             .ok_or_else(|| FsError::Corrupt(format!("block {no} has no record")))?;
         let r = rec.redundancy;
         let k = r.k as usize;
-        // Verified shards, whole: their payloads are not copied out (`decode_shards`).
+        // Verified shards, whole: their payloads are not copied out (`erasure::decode_parts`).
         let mut payloads: Vec<Option<Vec<u8>>> = vec![None; rec.shards.len()];
         let mut tried = vec![false; rec.shards.len()];
         // Shards still in the local upload queue count too.
@@ -1093,32 +1093,27 @@ impl Engine {
                 .collect()
         };
         let n = rec.shards.len();
-        // Fetches under way, those found slow (no longer counted towards the shards missing),
-        // and when each went out.
-        let mut out = vec![false; n];
+        // When each fetch under way went out, and those found slow (no longer counted towards
+        // the shards missing).
+        let mut out: Vec<Option<Instant>> = vec![None; n];
         let mut slow = vec![false; n];
-        let mut sent: Vec<Option<Instant>> = vec![None; n];
         // Starts fetches, data shards first, until as many are under way (slow ones not
         // counted) as shards are still missing; returns how many it started.
-        let top_up = |have: usize,
-                      tried: &mut Vec<bool>,
-                      out: &mut Vec<bool>,
-                      slow: &[bool],
-                      sent: &mut Vec<Option<Instant>>| {
-            let fresh = (0..n).filter(|&i| out[i] && !slow[i]).count();
-            let mut started = 0;
-            for i in untried(tried) {
-                if fresh + started >= k - have {
-                    break;
+        let top_up =
+            |have: usize, tried: &mut Vec<bool>, out: &mut Vec<Option<Instant>>, slow: &[bool]| {
+                let fresh = (0..n).filter(|&i| out[i].is_some() && !slow[i]).count();
+                let mut started = 0;
+                for i in untried(tried) {
+                    if fresh + started >= k - have {
+                        break;
+                    }
+                    if launch(i, tried) {
+                        out[i] = Some(Instant::now());
+                        started += 1;
+                    }
                 }
-                if launch(i, tried) {
-                    out[i] = true;
-                    sent[i] = Some(Instant::now());
-                    started += 1;
-                }
-            }
-            started
-        };
+                started
+            };
         let start = Instant::now();
         let mut first_in: Option<Duration> = None;
         loop {
@@ -1126,8 +1121,8 @@ impl Engine {
             if have >= k {
                 break;
             }
-            top_up(have, &mut tried, &mut out, &slow, &mut sent);
-            if !out.contains(&true) {
+            top_up(have, &mut tried, &mut out, &slow);
+            if out.iter().all(Option::is_none) {
                 return Err(FsError::Unavailable(format!(
                     "block {no}: only {have} of the {k} shards needed could be fetched"
                 )));
@@ -1143,8 +1138,8 @@ impl Engine {
                 None => HEDGE_NONE_YET,
             };
             let due = (0..n)
-                .filter(|&i| out[i] && !slow[i])
-                .filter_map(|i| sent[i])
+                .filter(|&i| !slow[i])
+                .filter_map(|i| out[i])
                 .min()
                 .map(|t| t + patience);
             let got = match due {
@@ -1160,11 +1155,11 @@ impl Engine {
                     // replaced in turn, while the slow ones may still answer).
                     let now = Instant::now();
                     for j in 0..n {
-                        if out[j] && sent[j].is_some_and(|t| t + patience <= now) {
+                        if out[j].is_some_and(|t| t + patience <= now) {
                             slow[j] = true;
                         }
                     }
-                    let spares = top_up(have, &mut tried, &mut out, &slow, &mut sent);
+                    let spares = top_up(have, &mut tried, &mut out, &slow);
                     if spares > 0 {
                         self.hedged_fetches
                             .fetch_add(spares as u64, Ordering::Relaxed);
@@ -1181,7 +1176,7 @@ impl Engine {
                     )));
                 }
             };
-            out[i] = false;
+            out[i] = None;
             first_in.get_or_insert(start.elapsed());
             let bytes = match res {
                 Ok(b) => b,

@@ -1407,33 +1407,35 @@ fn a_file_behind_a_stalled_supplier(seed: u64) -> (T, Vec<u8>, Ino, BlockRecord,
     (t, data, ino, rec, slow)
 }
 
+/// Reads the whole file while the `stalled` suppliers answer no fetch, releases them, and
+/// checks the bytes. Not a timing test: a read that waits for a stalled fetch waits for ever;
+/// the 60 s bound only turns that hang into a failure.
+fn read_past_stalled_suppliers(t: &T, ino: Ino, data: &[u8], stalled: &[&str]) {
+    let rx = read_in_background(&t.fs, ino, data.len());
+    let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+    for s in stalled {
+        t.store.set_stalled(s, false);
+    }
+    let got = got.expect("the read waited for a supplier that does not answer");
+    assert!(got.unwrap() == data, "read back different bytes");
+}
+
 #[test]
 fn a_supplier_that_does_not_answer_does_not_hold_up_a_read() {
     let (t, data, ino, _, slow) = a_file_behind_a_stalled_supplier(41);
-    let rx = read_in_background(&t.fs, ino, data.len());
-    // Not a timing test: without spare fetches the read waits forever; this bound only turns
-    // that hang into a failure.
-    let got = rx.recv_timeout(std::time::Duration::from_secs(60));
-    t.store.set_stalled(&slow, false);
-    let got = got.expect("the read waited for the supplier that does not answer");
-    assert!(got.unwrap() == data, "read back different bytes");
+    read_past_stalled_suppliers(&t, ino, &data, &[&slow]);
     assert!(t.fs.status().unwrap().hedged_fetches >= 1);
 }
 
 #[test]
 fn a_spare_fetch_that_stalls_too_gets_a_spare_of_its_own() {
     // The first data shard's supplier does not answer, and neither does the first parity
-    // shard's, where the first spare goes: the read must go on to the second parity shard.
+    // shard's, where the first spare goes: the read must go on to the second parity shard
+    // (spares that went out once per block waited for ever here).
     let (t, data, ino, rec, slow) = a_file_behind_a_stalled_supplier(47);
     let slow_too = rec.shards[4].supplier.clone().unwrap();
     t.store.set_stalled(&slow_too, true);
-    let rx = read_in_background(&t.fs, ino, data.len());
-    // Not a timing test: spares that went out once per block waited for ever here.
-    let got = rx.recv_timeout(std::time::Duration::from_secs(60));
-    t.store.set_stalled(&slow, false);
-    t.store.set_stalled(&slow_too, false);
-    let got = got.expect("the read waited for the spare that does not answer");
-    assert!(got.unwrap() == data, "read back different bytes");
+    read_past_stalled_suppliers(&t, ino, &data, &[&slow, &slow_too]);
     assert!(t.fs.status().unwrap().hedged_fetches >= 2);
 }
 
